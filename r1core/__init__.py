@@ -1,0 +1,1 @@
+"""r1core: the R1 recipe as plain functions."""
