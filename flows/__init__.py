@@ -1,0 +1,1 @@
+"""Prefect flows: each reads as a list of steps over the tasks in ``tasks/``."""

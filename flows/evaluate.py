@@ -1,0 +1,26 @@
+"""Flow ``evaluate``: R1-protocol evaluation of any model, on its own MLflow run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from r1core.settings import configure_environment
+
+configure_environment()
+
+from prefect import flow  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+import tasks  # noqa: E402
+from r1core.config import load_recipe  # noqa: E402
+
+
+@flow(name="evaluate")
+def evaluate(
+    model: Annotated[str, Field(description="MLflow model URI, hub id or path.")] = "models:/r1-student@champion",
+    recipe: Annotated[str, Field(description="Recipe whose `evaluate` section sets the protocol.")] = "recipes/quickstart.yaml",
+    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],
+) -> dict:
+    """Evaluate ``model`` with the recipe's benchmarks, k, and sampling settings."""
+    cfg = load_recipe(recipe, overrides)
+    return tasks.evaluate.with_options(refresh_cache=True)(cfg.to_json(), None, model)

@@ -1,0 +1,103 @@
+"""``r1``: the command line. ``r1 --help`` lists the subcommands.
+
+- ``r1 pipeline --recipe recipes/quickstart.yaml [--set key=value ...] [--fresh]``
+- ``r1 eval --model MODEL [--recipe R] [--benchmarks math500,aime24] [--num-samples K] [--limit N] [--max-new-tokens T]``
+- ``r1 recipe --recipe R [--set ...]``: validate a recipe and print it resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="recipes/quickstart.yaml", help="recipe YAML (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set grpo.max_steps=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe as tracked Prefect flows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pipeline", help="run the whole R1 pipeline (curate, grpo, rejection sampling, sft, evaluate, register)")
+    _common(p)
+    p.add_argument("--fresh", action="store_true", help="re-run every stage even if a cached result exists")
+    e = sub.add_parser("eval", help="evaluate a model with the R1 protocol")
+    _common(e)
+    e.add_argument("--model", default=None, help="MLflow model URI, hub id or path (default: the recipe's base model)")
+    e.add_argument("--benchmarks", default=None, help="comma-separated, e.g. math500,aime24")
+    e.add_argument("--num-samples", type=int, default=None, help="k samples per problem")
+    e.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
+    e.add_argument("--max-new-tokens", type=int, default=None)
+    r = sub.add_parser("recipe", help="validate a recipe and print it with overrides applied")
+    _common(r)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from r1core.config import RecipeError, load_recipe
+    from r1core.data import DataError
+    from r1core.models import ModelNotFoundError
+
+    try:
+        if args.command == "recipe":
+            import yaml
+
+            print(yaml.safe_dump(load_recipe(args.recipe, args.overrides).model_dump(mode="json"), sort_keys=False))
+            return 0
+        if args.command == "pipeline":
+            return _pipeline(args)
+        if args.command == "eval":
+            return _eval(args)
+    except (RecipeError, DataError, ModelNotFoundError, ValueError) as err:
+        print(f"r1: error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _pipeline(args) -> int:
+    from r1core import stages, summary
+    from r1core.config import load_recipe
+    from r1core.settings import configure_environment
+
+    configure_environment()
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages.validate(recipe)  # fail fast, before Prefect starts
+    from flows.pipeline import r1_pipeline
+
+    t0 = time.perf_counter()
+    out = r1_pipeline(recipe=args.recipe, overrides=args.overrides, fresh=args.fresh)
+    minutes = (time.perf_counter() - t0) / 60
+    print("\n" + summary.text_table(recipe, out["parent_run_id"], out))
+    print(f"pipeline finished in {minutes:.1f} min")
+    return 0
+
+
+def _eval(args) -> int:
+    from r1core.config import load_recipe
+
+    overrides = list(args.overrides)
+    if args.benchmarks:
+        overrides.append(f"evaluate.benchmarks=[{args.benchmarks}]")
+    for flag, key in [("num_samples", "num_samples"), ("limit", "limit"), ("max_new_tokens", "max_new_tokens")]:
+        if getattr(args, flag) is not None:
+            overrides.append(f"evaluate.{key}={getattr(args, flag)}")
+    recipe = load_recipe(args.recipe, overrides)
+    from flows.evaluate import evaluate
+
+    out = evaluate(model=args.model or recipe.model, recipe=args.recipe, overrides=overrides)
+    for k, v in sorted(out["metrics"].items()):
+        print(f"{k:40s} {v:.4f}")
+    print(f"MLflow run: {out['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""MLflow lineage: runs, datasets, LoggedModels and the registry, per the project's contract.
+
+- One parent run per pipeline run, one nested child run per stage (``parent_run_id``), both
+  tagged with the Prefect flow-run id and the recipe.
+- Every dataset a stage reads or writes is logged with ``mlflow.log_input`` (context
+  ``training``, ``evaluation`` or ``generated``) and stored as a JSONL artifact, so the next
+  stage reads it by URI.
+- Every model a stage produces is a LoggedModel (``mlflow.transformers.log_model``).
+- Run ids are passed explicitly: MLflow's active run is thread-local and Prefect may run a task
+  on another thread, so nothing here relies on ``mlflow.active_run()`` across a task boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from r1core import settings
+
+logger = logging.getLogger(__name__)
+
+# Tags every run carries (stable names: the MLflow compare view and search_runs rely on them).
+TAG_STAGE = "r1.stage"
+TAG_RECIPE = "r1.recipe"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+PIP_REQUIREMENTS = ["torch", "transformers", "accelerate", "safetensors"]
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the configured store and make sure ``experiment`` exists.
+
+    A new experiment keeps its artifacts beside the SQLite store (``<state>/mlartifacts``) when
+    tracking is the embedded default; with a tracking server the server decides. Returns the
+    experiment id.
+    """
+    settings.configure_environment()
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = settings.artifact_root() + f"/{experiment}" if _is_local_store() else None
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def _is_local_store() -> bool:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def environment_tags() -> dict[str, str]:
+    """Versions of the libraries every run records (for comparing runs across upgrades)."""
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "r1.version.torch": torch.__version__,
+        "r1.version.transformers": transformers.__version__,
+        "r1.version.trl": trl.__version__,
+        "r1.version.mlflow": mlflow.__version__,
+        "r1.python": platform.python_version(),
+    }
+
+
+def start_parent_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Create (and close) the pipeline's parent run; return its id. Stages attach to it by id."""
+    exp_id = setup(experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**environment_tags(), **tags}) as run:
+        mlflow.log_params(params)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open a nested child run of ``parent_run_id`` for one stage, active in this thread.
+
+    The parent's Prefect and recipe tags are copied to the child. On an exception the child
+    is marked FAILED and the exception propagates.
+    """
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("r1.", "prefect."))}
+    inherited.pop(TAG_STAGE, None)
+    all_tags = {**inherited, **(tags or {}), TAG_STAGE: stage, "mlflow.parentRunId": parent_run_id}
+    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=stage, nested=True,
+                          parent_run_id=parent_run_id, tags=all_tags) as run:
+        yield run
+
+
+def log_dataset(df: pd.DataFrame, name: str, context: str, source: str | None = None,
+                targets: str | None = None) -> tuple[str, Any]:
+    """Log ``df`` as an input of the active run and store it as ``data/<name>.jsonl``.
+
+    Args:
+        df: the rows.
+        name: dataset name (shown in the MLflow UI).
+        context: ``training``, ``evaluation`` or ``generated``.
+        source: where it came from (a path or URI); defaults to the stored artifact's URI.
+        targets: the label column, if any.
+
+    Returns:
+        ``(artifact_uri, mlflow_dataset)``; the URI (``runs:/<run>/data/<name>.jsonl``) is what
+        the next stage reads with :func:`read_dataset`.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_dataset needs an active MLflow run (use tracking.stage_run).")
+    artifact = f"data/{name}.jsonl"
+    uri = f"runs:/{run.info.run_id}/{artifact}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.jsonl"
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+        mlflow.log_artifact(str(path), artifact_path="data")
+    dataset = pandas_dataset(df, source or uri, name, targets)
+    mlflow.log_input(dataset, context=context)
+    return uri, dataset
+
+
+def artifact_location(uri: str) -> str:
+    """``runs:/<run>/<path>`` as the storage URI MLflow's dataset sources resolve
+    (``file://...`` locally, ``mlflow-artifacts:/...`` on a server); other URIs unchanged."""
+    if not uri.startswith("runs:/"):
+        return uri
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    return MlflowClient().get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+
+
+def pandas_dataset(df: pd.DataFrame, source: str, name: str, targets: str | None = None):
+    """An ``mlflow.data`` dataset of ``df`` whose source is ``source`` (``runs:/`` URIs resolved).
+
+    Nested columns (chat messages) are stored as JSON text so MLflow can hash the frame for
+    its digest. A source MLflow has no resolver for is recorded as a tag-like name instead.
+    """
+    flat = df.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, (list, dict))).any():
+            flat[col] = flat[col].map(lambda v: json.dumps(v, ensure_ascii=False, default=str))
+    try:
+        return mlflow.data.from_pandas(flat, source=artifact_location(source), name=name, targets=targets)
+    except mlflow.exceptions.MlflowException:
+        return mlflow.data.from_pandas(flat, name=name, targets=targets)
+
+
+def read_dataset(uri: str) -> pd.DataFrame:
+    """Read a JSONL dataset artifact written by :func:`log_dataset` (``runs:/...`` or a path)."""
+    if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:/")):
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="r1-data-"))
+    else:
+        path = uri
+    return pd.read_json(path, orient="records", lines=True, dtype=False)
+
+
+def log_model(model, tokenizer, name: str, params: dict[str, Any] | None = None,
+              tags: dict[str, str] | None = None) -> mlflow.models.model.ModelInfo:
+    """Log a model and its tokenizer as a LoggedModel of the active run (``mlflow.transformers``).
+
+    Components are passed as objects: MLflow 3.17's checkpoint-folder mode fails on
+    transformers 5 (its task metadata changed type). ``pip_requirements`` is explicit because
+    MLflow would otherwise add torchvision for torch models and fail without it.
+    """
+    return mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name=name,
+        task="text-generation",
+        pip_requirements=PIP_REQUIREMENTS,
+        params=params,
+        tags=tags,
+    )
+
+
+def find_logged_model(experiment_id: str, tag: str, value: str) -> str | None:
+    """The id of a READY LoggedModel in ``experiment_id`` whose tag ``tag`` equals ``value``."""
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
+    for m in models:
+        if (m.tags or {}).get(tag) == value and str(m.status).endswith("READY"):
+            return m.model_id
+    return None
+
+
+def log_table(df: pd.DataFrame, artifact_file: str) -> None:
+    """Log a table (shown in the MLflow UI's artifact view and evaluation tab)."""
+    mlflow.log_table(data=df, artifact_file=artifact_file)
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
+def dataset_digest(uri: str) -> str | None:
+    """The digest MLflow computed for a dataset logged at ``uri`` (None if not found)."""
+    run_id = uri.split("/")[1] if uri.startswith("runs:/") else None
+    if run_id is None:
+        return None
+    run = MlflowClient().get_run(run_id)
+    name = Path(uri).stem
+    for d in run.inputs.dataset_inputs:
+        if d.dataset.name == name:
+            return d.dataset.digest
+    return None
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,89 @@
+"""Recipes (validation, overrides, shipped files) and the data catalog on the real mirror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from r1core import data
+from r1core.config import Recipe, RecipeError, load_recipe, recipe_from_dict
+from r1core.models import ModelNotFoundError, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("**/*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse(path):
+    if "accelerate" in path.parts:
+        pytest.skip("accelerate launch config, not a recipe")
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe) and recipe.grpo.rewards
+
+
+def test_unknown_key_is_named_with_its_path():
+    with pytest.raises(RecipeError, match=r"grpo\.max_stepz: unknown key"):
+        recipe_from_dict({"name": "x", "grpo": {"max_stepz": 3}})
+
+
+def test_bad_value_is_named():
+    with pytest.raises(RecipeError, match=r"grpo\.num_generations"):
+        recipe_from_dict({"name": "x", "grpo": {"num_generations": 1}})
+
+
+def test_overrides_parse_values_as_yaml():
+    r = recipe_from_dict({"name": "x"}, ["grpo.max_steps=2", "evaluate.benchmarks=[aime24]", "evaluate.limit=null"])
+    assert r.grpo.max_steps == 2 and r.evaluate.benchmarks == ["aime24"] and r.evaluate.limit is None
+    with pytest.raises(RecipeError, match="key=value"):
+        recipe_from_dict({"name": "x"}, ["grpo.max_steps"])
+
+
+def test_missing_recipe_file_lists_shipped_ones(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_catalog_normalises_real_rows(data_dir):
+    gsm, counts = data.load("gsm8k:train")
+    assert len(gsm) == 7473 and counts["rows_skipped"] == 0
+    assert set(data.COLUMNS) <= set(gsm.column_names)
+    assert gsm[0]["answer"] == "72" and "####" not in gsm[0]["solution"] and "<<" not in gsm[0]["solution"]
+    amc, _ = data.load("amc23")
+    assert amc[0]["answer"] == "27"                        # 27.0 -> 27
+    aime, _ = data.load("aime24")
+    assert len(aime) == 30 and any(a.startswith("0") for a in aime["answer"])  # 025 kept
+    math500, _ = data.load("math500")
+    assert len(math500) == 500 and {1, 5} <= set(math500["level"]) and math500[0]["subject"]
+
+
+def test_malformed_rows_are_skipped_and_counted(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        '{"question": "1+1?", "answer": "2 #### 2"}\n{"question": "no answer", "answer": "none"}\n')
+    monkeypatch.setenv("R1_DATA_DIR", str(tmp_path))
+    ds, counts = data.load("gsm8k:test")
+    assert len(ds) == 1 and counts == {"rows_read": 2, "rows_skipped": 1}
+
+
+def test_unknown_dataset_and_split_errors():
+    with pytest.raises(data.DataError, match="Known datasets: aime24, amc23, gsm8k, math500"):
+        data.parse_spec("gsm9k")
+    with pytest.raises(data.DataError, match="no split 'dev'"):
+        data.parse_spec("gsm8k:dev")
+
+
+def test_missing_mirror_error_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("R1_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(data.DataError, match="R1_DATA_DIR"):
+        data.check_available("math500")
+
+
+def test_model_references():
+    with pytest.raises(ModelNotFoundError, match="neither a local folder"):
+        resolve_model("./no/such/model")
+    assert resolve_model("Qwen/Qwen2.5-1.5B-Instruct").is_hub
+
+
+def test_model_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        resolve_model(str(tmp_path))
