@@ -21,6 +21,12 @@ def evaluate(
     recipe: Annotated[str, Field(description="Recipe whose `evaluate` section sets the protocol.")] = "recipes/quickstart.yaml",
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],
 ) -> dict:
-    """Evaluate ``model`` with the recipe's benchmarks, k, and sampling settings."""
+    """Evaluate ``model`` with the recipe's benchmarks, k, and sampling settings.
+
+    Args:
+        model: MLflow model URI (models:/name@champion, models:/m-...), hub id or path.
+        recipe: Recipe whose `evaluate` section sets benchmarks, k and sampling.
+        overrides: key=value recipe overrides, e.g. evaluate.limit=50.
+    """
     cfg = load_recipe(recipe, overrides)
     return tasks.evaluate.with_options(refresh_cache=True)(cfg.to_json(), None, model)

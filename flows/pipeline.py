@@ -28,7 +28,13 @@ def r1_pipeline(
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. grpo.max_steps=2")] = [],
     fresh: Annotated[bool, Field(description="Re-run every stage even when a cached result exists.")] = False,
 ) -> dict:
-    """Run the R1 recipe end to end and return every stage's outputs (run ids, URIs, metrics)."""
+    """Run the R1 recipe end to end and return every stage's outputs (run ids, URIs, metrics).
+
+    Args:
+        recipe: Path of the recipe YAML, relative to the project (see recipes/).
+        overrides: key=value recipe overrides, e.g. grpo.max_steps=2.
+        fresh: Re-run every stage even when a cached result exists.
+    """
     log = get_run_logger()
     cfg = load_recipe(recipe, overrides)
     stages.validate(cfg)  # bad data/model/reward names fail here, before any training

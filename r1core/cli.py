@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)  # "no model card on the hub" for local models
+    import warnings
+
+    # Deprecation notices from transformers/pyarrow and MLflow's schema hints: not the user's to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+    warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
     from r1core.config import RecipeError, load_recipe
     from r1core.data import DataError
     from r1core.models import ModelNotFoundError

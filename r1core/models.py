@@ -169,12 +169,23 @@ def resolve_model(ref: str | None) -> ResolvedModel:
     )
 
 
-def load_model_and_tokenizer(ref: str | None, *, dtype: str = "float32", device: str | None = None):
+def inference_device() -> tuple[str | None, str]:
+    """``(device, dtype)`` for sampling: ``("cuda", "bfloat16")`` on a GPU, else ``(None, "float32")``."""
+    import torch
+
+    return ("cuda", "bfloat16") if torch.cuda.is_available() else (None, "float32")
+
+
+def load_model_and_tokenizer(ref: str | None, *, dtype: str = "float32", device: str | None = None,
+                             for_inference: bool = False):
     """Load ``(model, tokenizer)`` for a reference (see :func:`resolve_model`).
 
     The tokenizer gets a pad token (the EOS token when it has none) and left padding, which
-    batched generation needs.
+    batched generation needs. ``for_inference=True`` picks :func:`inference_device` (the GPU in
+    bf16 when there is one); training stages load in fp32 on the CPU and let the trainer place it.
     """
+    if for_inference:
+        device, dtype = inference_device()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

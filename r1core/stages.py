@@ -211,7 +211,7 @@ def rejection_sampling(recipe: Recipe, parent_run_id: str, dataset_uri: str, tea
                          context="training")
         mlflow.set_tags({"r1.teacher": teacher_uri})
         mlflow.log_params({f"rejection.{k}": v for k, v in cfg.model_dump().items()})
-        model, tok = models.load_model_and_tokenizer(teacher_uri)
+        model, tok = models.load_model_and_tokenizer(teacher_uri, for_inference=True)
         t0 = time.perf_counter()
         kept, samples, stats = rejection_sample(model, tok, problems, cfg, seed=recipe.seed,
                                                 progress=_progress("rejection_sampling"))
@@ -264,7 +264,7 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
         mlflow.set_tags({"r1.evaluated_model": model_uri})
         mlflow.log_params({f"evaluate.{k}": (",".join(v) if isinstance(v, list) else v)
                            for k, v in cfg.model_dump().items()})
-        model, tok = models.load_model_and_tokenizer(model_uri)
+        model, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=recipe.seed)
         all_metrics: dict[str, float] = {}
@@ -282,7 +282,7 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
                                                   progress=_progress(f"evaluate/{name}"))
             metrics["seconds"] = time.perf_counter() - t0
             prefixed = {f"{name}/{k}": v for k, v in _finite(metrics).items()}
-            mlflow.log_metrics(prefixed, model_id=model_id, dataset=dataset)
+            tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
             tracking.log_table(samples.assign(completion=samples["completion"].str[:2000]),
                                f"samples/{name}.json")
             all_metrics.update(prefixed)
@@ -320,7 +320,7 @@ def register(recipe: Recipe, parent_run_id: str, outputs: dict[str, dict]) -> di
             "r1.dataset.sft_traces.digest": outputs["rejection_sampling"].get("digest", ""),
             **{f"r1.run.{stage}": outputs[stage]["run_id"] for stage in
                ("curate", "grpo", "rejection_sampling", "sft", "evaluate") if stage in outputs},
-            **{f"r1.metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
+            **{f"r1.metric.{tracking.mlflow_key(k)}": f"{v:.6g}" for k, v in metrics.items()},
         }
         try:
             client.get_registered_model(cfg.model_name)
@@ -354,7 +354,7 @@ def _gate(client: MlflowClient, cfg, version: str, value: float | None) -> tuple
         champion = client.get_model_version_by_alias(cfg.model_name, "champion")
     except mlflow.exceptions.MlflowException:
         return "promoted: no champion yet", None
-    champ_value = champion.tags.get(f"r1.metric.{cfg.gate_metric}")
+    champ_value = champion.tags.get(f"r1.metric.{tracking.mlflow_key(cfg.gate_metric)}")
     if value is None:
         return f"kept champion v{champion.version}: challenger has no {cfg.gate_metric}", None
     if champ_value is None:

@@ -35,8 +35,10 @@ def finish_pipeline(parent_run_id: str, out: dict[str, dict]) -> None:
     if rs:
         metrics["rejection_sampling/num_kept"] = rs["num_kept"]
         metrics["rejection_sampling/acceptance_rate"] = rs["acceptance_rate"]
+    from r1core.tracking import mlflow_key
+
     for k, v in metrics.items():
-        client.log_metric(parent_run_id, k, float(v))
+        client.log_metric(parent_run_id, mlflow_key(k), float(v))
     tags = {f"r1.run.{s}": o["run_id"] for s, o in out.items() if isinstance(o, dict) and "run_id" in o}
     for stage in ("base", "grpo", "sft"):
         if stage in out:

@@ -38,6 +38,18 @@ TAG_FLOW_RUN_URL = "prefect.flow_run_url"
 PIP_REQUIREMENTS = ["torch", "transformers", "accelerate", "safetensors"]
 
 
+def mlflow_key(name: str) -> str:
+    """A metric or tag name as MLflow stores it: ``@`` is not allowed there, so ``pass@1``
+    becomes ``pass_at_1`` (``math500/pass@1`` -> ``math500/pass_at_1``). The one place the
+    field's names are mapped."""
+    return name.replace("@", "_at_")
+
+
+def log_metrics(metrics: dict[str, float], **kwargs) -> None:
+    """``mlflow.log_metrics`` with names mapped by :func:`mlflow_key`."""
+    mlflow.log_metrics({mlflow_key(k): float(v) for k, v in metrics.items()}, **kwargs)
+
+
 def setup(experiment: str) -> str:
     """Point MLflow at the configured store and make sure ``experiment`` exists.
 

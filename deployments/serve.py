@@ -1,0 +1,43 @@
+"""Serve the project's flows as Prefect deployments (needs a Prefect server: ``prefect server start``).
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve
+
+Deployments:
+- ``r1-pipeline/r1-pipeline``: the whole recipe; Run from the UI with a recipe path and overrides.
+- ``evaluate/evaluate``: R1-protocol evaluation of any model URI.
+- ``evaluate/nightly-eval``: evaluates the registry's ``champion`` every night at
+  ``R1_NIGHTLY_CRON`` (default ``0 2 * * *``, 02:00 UTC).
+"""
+
+from __future__ import annotations
+
+import os
+
+from r1core.settings import configure_environment
+
+configure_environment()
+
+from prefect import serve  # noqa: E402
+
+from flows.evaluate import evaluate  # noqa: E402
+from flows.pipeline import r1_pipeline  # noqa: E402
+
+NIGHTLY_CRON = os.environ.get("R1_NIGHTLY_CRON", "0 2 * * *")
+
+
+def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-quickstart-student") -> list:
+    """The deployment objects (also used by tests to check names, schedules and parameters)."""
+    return [
+        r1_pipeline.to_deployment(name="r1-pipeline", parameters={"recipe": recipe},
+                                  description="The R1 recipe end to end.", tags=["r1"]),
+        evaluate.to_deployment(name="evaluate", parameters={"recipe": recipe},
+                               description="R1-protocol evaluation of a model URI.", tags=["r1"]),
+        evaluate.to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,
+                               parameters={"recipe": recipe, "model": f"models:/{model_name}@champion"},
+                               description="Nightly evaluation of the registry's champion.",
+                               tags=["r1", "nightly"]),
+    ]
+
+
+if __name__ == "__main__":
+    serve(*deployments())

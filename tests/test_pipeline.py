@@ -1,0 +1,98 @@
+"""The whole r1-pipeline flow on a tiny random model, under Prefect's test harness,
+checked through MlflowClient: parent run, one child per stage, datasets, models, registry."""
+
+from __future__ import annotations
+
+import yaml
+import pytest
+from mlflow.tracking import MlflowClient
+
+from r1core.config import STAGES
+
+
+def tiny_recipe(tmp_path, model_dir, name="tinypipe") -> str:
+    recipe = {
+        "name": name,
+        "model": str(model_dir),
+        "curate": {"dataset": "gsm8k:train", "num_problems": 8},
+        "grpo": {"num_generations": 2, "max_completion_length": 8, "max_steps": 1,
+                 "args": {"per_device_train_batch_size": 4}},
+        "rejection_sampling": {"num_problems": 3, "num_samples": 2, "max_new_tokens": 8,
+                               "prompt_template": "r1_zero", "prefill": "<think>\n", "fallback": "reference"},
+        "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
+        "evaluate": {"benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2, "max_new_tokens": 8},
+        "registry": {"model_name": f"{name}-student"},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory, tiny_model_dir, data_dir, prefect_harness):
+    from flows.pipeline import r1_pipeline
+
+    path = tiny_recipe(tmp_path_factory.mktemp("recipe"), tiny_model_dir)
+    first = r1_pipeline(recipe=path)
+    second = r1_pipeline(recipe=path)  # same inputs: every cached stage is skipped
+    return first, second
+
+
+def test_parent_and_one_child_per_stage(pipeline_runs):
+    first, _ = pipeline_runs
+    client = MlflowClient()
+    parent = client.get_run(first["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"]
+    assert parent.data.tags["r1.recipe"] == "tinypipe"
+    assert "r1.version.trl" in parent.data.tags
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["r1.stage"] for c in children) == sorted(STAGES)
+    assert all(c.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"] for c in children)
+    assert "math500/pass_at_1" in parent.data.metrics
+
+
+def test_datasets_are_logged_with_contexts(pipeline_runs):
+    first, _ = pipeline_runs
+    client = MlflowClient()
+
+    def inputs(stage):
+        run = client.get_run(first[stage]["run_id"])
+        return {(d.dataset.name, d.tags[0].value if d.tags else "") for d in run.inputs.dataset_inputs}
+
+    assert ("curated", "training") in inputs("curate")
+    assert ("sft_traces", "generated") in inputs("rejection_sampling")
+    assert ("sft_traces", "training") in inputs("sft")
+    assert {("math500", "evaluation"), ("aime24", "evaluation")} <= inputs("evaluate")
+    rs = client.get_run(first["rejection_sampling"]["run_id"]).data.metrics
+    assert rs["num_kept"] >= 1 and rs["num_kept"] == rs["num_kept_teacher"] + rs["num_kept_reference"]
+
+
+def test_models_and_registry_lineage(pipeline_runs):
+    import mlflow
+
+    first, _ = pipeline_runs
+    client = MlflowClient()
+    for stage in ("grpo", "sft"):
+        model = mlflow.get_logged_model(first[stage]["model_id"])
+        assert model.source_run_id == first[stage]["run_id"]
+    student = mlflow.get_logged_model(first["sft"]["model_id"])
+    assert any(m.key == "math500/pass_at_1" for m in student.metrics or [])  # eval metrics attached to the model
+
+    reg = first["register"]
+    version = client.get_model_version(reg["name"], reg["version"])
+    assert set(version.aliases) == {"challenger", "champion"}  # first version: champion too
+    tags = version.tags
+    assert tags["r1.run.sft"] == first["sft"]["run_id"]
+    assert tags["r1.dataset.curated.digest"] and tags["r1.dataset.sft_traces.digest"]
+    assert tags["r1.teacher"] == first["grpo"]["model_uri"]
+    assert tags["r1.base_model"].startswith("models:/m-")
+
+
+def test_rerun_skips_completed_stages(pipeline_runs):
+    first, second = pipeline_runs
+    for stage in ("curate", "grpo", "rejection_sampling", "sft", "evaluate"):
+        assert second[stage]["run_id"] == first[stage]["run_id"], stage
+    assert second["register"]["version"] == first["register"]["version"]  # idempotent
+    assert second["parent_run_id"] != first["parent_run_id"]
