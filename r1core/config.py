@@ -50,6 +50,8 @@ class GRPOStageConfig(_Section):
         default_factory=lambda: {"accuracy": 1.0, "format": 0.5, "tag_count": 0.5},
         description="Reward name -> weight (names from r1core.rewards.REGISTRY).",
     )
+    reward_args: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Reward name -> constructor arguments, e.g. {cosine: {max_len: 512}}.")
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_zero"
     prefill: str | None = Field("<think>\n", description="Text that starts the assistant turn.")
     num_generations: int = Field(4, ge=2, description="Completions per prompt (the GRPO group size).")

@@ -129,7 +129,7 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     """
     import torch
 
-    reward_funcs, _ = get_rewards(cfg.rewards)
+    reward_funcs, _ = get_rewards(cfg.rewards, cfg.reward_args)
     args = grpo_args(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available())
     dataset = build_prompt_dataset(rows, tokenizer, cfg.prompt_template, cfg.prefill)
     tokenizer.padding_side = "left"

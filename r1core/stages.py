@@ -68,7 +68,7 @@ def validate(recipe: Recipe) -> None:
     data.check_available(recipe.curate.dataset)
     for spec in [*recipe.curate.decontaminate, *recipe.evaluate.benchmarks]:
         data.check_available(spec)
-    get_rewards(recipe.grpo.rewards)
+    get_rewards(recipe.grpo.rewards, recipe.grpo.reward_args)
     for ref in [recipe.model, recipe.grpo.model, recipe.rejection_sampling.teacher, recipe.sft.student,
                 recipe.evaluate.model]:
         if ref not in {"base", "grpo", "sft"}:

@@ -11,7 +11,8 @@ from r1core.rewards import REGISTRY, AccuracyReward, FormatReward, TagCountRewar
 
 
 def test_registry_names_are_the_logged_names():
-    assert set(REGISTRY) == {"accuracy", "format", "tag_count"}
+    assert set(REGISTRY) == {"accuracy", "format", "tag_count", "language_consistency", "length", "cosine",
+                             "repetition", "soft_overlong", "thought_switch"}
     for name, factory in REGISTRY.items():
         assert factory().__name__ == name
 
@@ -51,7 +52,7 @@ def test_tag_count_reward_gives_partial_credit():
 
 
 def test_unknown_reward_lists_known_names():
-    with pytest.raises(ValueError, match="accuracy, format, tag_count"):
+    with pytest.raises(ValueError, match="known rewards: accuracy, format, tag_count, language_consistency"):
         get_rewards({"acuracy": 1.0})
 
 
@@ -60,3 +61,103 @@ def test_rewards_are_picklable():
     assert weights == [1.0, 0.5, 0.5]
     for f in funcs:
         assert pickle.loads(pickle.dumps(f)).__name__ == f.__name__
+
+
+# ---------------------------------------------------------------- the rest of the suite (issue #3)
+from r1core.rewards import (  # noqa: E402
+    CosineReward,
+    LanguageConsistencyReward,
+    LengthReward,
+    RepetitionReward,
+    SoftOverlongReward,
+    ThoughtSwitchReward,
+)
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("<think>two plus two is four</think><answer>4</answer>", "en", 1.0),
+    ("<think>so two plus 是 4</think>", "en", 0.75),
+    ("<think>so 2 plus 2 是 4</think>", "en", 2 / 3),
+    ("<think>二加二等于四</think>", "zh", 1.0),
+    ("<think>二加二 equals 四</think>", "zh", 0.8),
+    ("<think>2 + 2 = 4</think>", "en", 1.0),                 # no words: nothing mixed
+    ("two plus two, no tags", "en", 1.0),                     # no think block: whole response
+])
+def test_language_consistency(text, language, expected):
+    assert LanguageConsistencyReward(language)([text]) == [pytest.approx(expected)]
+
+
+def test_language_consistency_rejects_unknown_language():
+    with pytest.raises(ValueError, match="supports"):
+        LanguageConsistencyReward("fr")
+
+
+def test_length_reward_per_group_in_tokens():
+    r = LengthReward()
+    comps = ["\\boxed{4}", "\\boxed{4}", "\\boxed{5}", "\\boxed{4}", "\\boxed{9}"]
+    out = r(comps, answer=["4"] * 5, prompts=["p", "p", "p", "q", "q"],
+            completion_ids=[[0] * 10, [0] * 30, [0] * 20, [0] * 5, [0] * 5])
+    # group p: lengths 10, 30, 20 -> lambdas 0.5, -0.5, 0.0; the wrong one gets min(0, 0.0)
+    assert out[:3] == [pytest.approx(0.5), pytest.approx(-0.5), pytest.approx(0.0)]
+    assert out[3:] == [0.0, 0.0]                                   # equal lengths: no signal
+
+
+def test_cosine_reward_endpoints_and_monotonicity():
+    r = CosineReward(max_len=100)
+    ids = lambda n: [0] * n  # noqa: E731
+    right = r(["\\boxed{4}"] * 3, answer=["4"] * 3, completion_ids=[ids(0), ids(50), ids(100)])
+    wrong = r(["\\boxed{5}"] * 3, answer=["4"] * 3, completion_ids=[ids(0), ids(50), ids(100)])
+    assert right == [pytest.approx(1.0), pytest.approx(0.75), pytest.approx(0.5)]
+    assert wrong == [pytest.approx(-1.0), pytest.approx(-0.75), pytest.approx(-0.5)]
+    assert r(["\\boxed{4}"], answer=["4"], completion_ids=[ids(500)]) == [pytest.approx(0.5)]  # capped
+
+
+def test_repetition_reward():
+    r = RepetitionReward(ngram_size=2, max_penalty=-1.0)
+    assert r(["a b a b a b", "a b c d", "a"]) == [pytest.approx(-0.6), 0.0, 0.0]
+    with pytest.raises(ValueError):
+        RepetitionReward(max_penalty=0.5)
+
+
+@pytest.mark.parametrize("n,expected", [(0, 0.0), (6, 0.0), (7, -0.25), (8, -0.5), (10, -1.0), (11, -1.0)])
+def test_soft_overlong_reward_dapo_eq13(n, expected):
+    assert SoftOverlongReward(max_len=10, cache_len=4)(["x"], completion_ids=[[0] * n]) == [pytest.approx(expected)]
+
+
+def test_thought_switch_reward():
+    r = ThoughtSwitchReward(min_tokens=5, penalty=0.25)
+    long_thought = "one two three four five six"
+    assert r([f"<think>{long_thought}. Alternatively {long_thought}</think>"]) == [0.0]
+    assert r(["<think>try x. Alternatively y. Wait, let me try another approach z</think>"]) == [-0.5]
+    assert r(["<think>a. alternatively b. alternatively c. alternatively d. alternatively e. alternatively f</think>"]) == [-1.0]
+    assert r(["<think>no switches at all</think>"]) == [0.0]
+
+
+def test_reward_args_are_validated():
+    funcs, _ = get_rewards({"cosine": 1.0}, {"cosine": {"max_len": 512}})
+    assert funcs[0].max_len == 512
+    with pytest.raises(ValueError, match="not in rewards"):
+        get_rewards({"accuracy": 1.0}, {"cosine": {"max_len": 512}})
+    with pytest.raises(ValueError, match="reward_args for 'cosine'"):
+        get_rewards({"cosine": 1.0}, {"cosine": {"max_length": 512}})
+
+
+def test_every_registered_reward_runs_on_a_trl_batch():
+    """TRL calls each reward with prompts, completions, completion_ids and the dataset columns."""
+    batch = dict(prompts=["p", "p"], completions=["<think>a</think><answer>4</answer>", "\\boxed{5}"],
+                 completion_ids=[[1, 2, 3], [1]], answer=["4", "4"], id=["x", "x"],
+                 trainer_state=None, log_extra=lambda *a: None, log_metric=lambda *a: None)
+    for name, factory in REGISTRY.items():
+        out = factory()(**batch)
+        assert len(out) == 2 and all(v is None or isinstance(v, float) for v in out), name
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import r1core.evaluation
+    import r1core.rewards
+
+    for module in (r1core.rewards, r1core.evaluation):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
