@@ -132,8 +132,8 @@ class Recipe(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v or not v.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("use letters, digits, '-' and '_'")
+        if not v or not v.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError("use letters, digits, '-', '_' and '.'")
         return v
 
     @property
@@ -207,3 +207,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"Recipe {path} must be a YAML mapping of keys to values.")
     data.setdefault("name", path.stem)
     return recipe_from_dict(data, overrides, source=str(path))
+
+
+def trl_config(config_cls, section: str, defaults: dict[str, Any], extra: dict[str, Any], *,
+               output_dir: str, seed: int, use_cpu: bool):
+    """Build a TRL config (``GRPOConfig``, ``SFTConfig``): common training defaults, then a
+    stage's ``defaults``, then the recipe's ``<section>.args`` (which win).
+
+    Common defaults: log every step to MLflow, no intermediate checkpoints, fp32 on the CPU, no
+    gradient checkpointing (TRL enables it; for small models it only costs recompute).
+
+    Raises:
+        ValueError: an ``args`` key the config class does not have, named with the fix.
+    """
+    unknown = sorted(set(extra) - set(config_cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{section}.args has keys trl.{config_cls.__name__} does not know: {unknown}. "
+                         f"Check the spelling against TRL's {config_cls.__name__} documentation.")
+    common = dict(output_dir=output_dir, seed=seed, use_cpu=use_cpu, logging_steps=1, save_strategy="no",
+                  report_to=["mlflow"], bf16=False, gradient_checkpointing=False, dataloader_num_workers=0)
+    return config_cls(**{**common, **defaults, **extra})

@@ -6,7 +6,8 @@ view):
 
 - ``<bench>/pass@1``: mean correctness over the k samples, averaged over problems (R1's pass@1).
 - ``<bench>/pass@<k>``: unbiased pass@k estimator of Chen et al. 2021 (arXiv:2107.03374, eq. 1).
-- ``<bench>/cons@<k>``: majority vote over the k extracted answers (ties: the answer seen first).
+- ``<bench>/cons@<k>``: majority vote over the k extracted answers, grouped by verified
+  equivalence (:func:`r1core.verify.group_equivalent`; ties: the group seen first).
 - ``<bench>/pass@1_stderr``: standard error of pass@1 over problems.
 - ``<bench>/mean_completion_tokens`` and ``<bench>/truncated_fraction``.
 """
@@ -21,7 +22,7 @@ import pandas as pd
 
 from r1core.generation import SamplingParams, generate
 from r1core.prompts import render
-from r1core.verify import verify_batch
+from r1core.verify import group_equivalent, verify_batch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,17 +41,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def majority_vote(answers: list[str | None], correct: list[bool]) -> bool:
-    """cons@k for one problem: is the most frequent extracted answer a correct one?
+def majority_vote(groups: list[int | None], correct: list[bool]) -> bool:
+    """cons@k for one problem: is the largest group of equivalent answers a correct one?
 
-    ``None`` answers (nothing extracted) do not vote; ties go to the answer seen first.
+    Args:
+        groups: a group id per sample (equivalent answers share one; see
+            :func:`r1core.verify.group_equivalent`), ``None`` where nothing was extracted (no vote).
+        correct: the verifier's verdict per sample.
+
+    Ties go to the group seen first.
+
+    >>> majority_vote([0, 0, 2], [True, True, False]), majority_vote([0, 1], [False, True])
+    (True, False)
     """
-    votes = Counter(a for a in answers if a is not None)
+    votes = Counter(g for g in groups if g is not None)
     if not votes:
         return False
     best = max(votes.values())
-    winner = next(a for a in answers if a is not None and votes[a] == best)
-    return any(ok for a, ok in zip(answers, correct) if a == winner)
+    winner = next(g for g in groups if g is not None and votes[g] == best)
+    return any(ok for g, ok in zip(groups, correct) if g == winner)
 
 
 def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
@@ -70,10 +79,14 @@ def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
         "mean_completion_tokens": float(samples["num_tokens"].mean()) if len(samples) else math.nan,
         "truncated_fraction": float(samples["truncated"].mean()) if len(samples) else math.nan,
     }
+    if "verifier_status" in samples:
+        metrics["verifier_timeouts"] = float((samples["verifier_status"] == "timeout").sum())
+        metrics["gold_unparsable"] = float((samples["verifier_status"] == "gold_unparsable").sum())
     if k > 1 and n_problems:
         metrics[f"pass@{k}"] = float(per_problem["correct"].apply(lambda s: pass_at_k(len(s), int(s.sum()), k)).mean())
         metrics[f"cons@{k}"] = float(per_problem.apply(
-            lambda g: majority_vote(list(g["extracted"]), list(g["correct"].astype(bool))), include_groups=False).mean())
+            lambda g: majority_vote(group_equivalent(list(g["extracted"])), list(g["correct"].astype(bool))),
+            include_groups=False).mean())
     return metrics
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from r1core.config import trl_config
 from r1core.prompts import render
 from r1core.rewards import get_rewards
 
@@ -79,35 +80,17 @@ def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> GRPOConfig:
     Raises:
         ValueError: an ``args`` key that ``GRPOConfig`` does not have (with the fix).
     """
-    base: dict[str, Any] = dict(
-        output_dir=output_dir,
+    defaults: dict[str, Any] = dict(
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         num_generations=cfg.num_generations,
         per_device_train_batch_size=cfg.num_generations * 2,
-        gradient_accumulation_steps=1,
         max_completion_length=cfg.max_completion_length,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=["mlflow"],
-        seed=seed,
-        use_cpu=use_cpu,
-        bf16=False,
         beta=0.0,
         temperature=1.0,
-        gradient_checkpointing=False,  # TRL turns it on; for small models it only costs recompute
-        dataloader_num_workers=0,
-        disable_tqdm=False,
+        reward_weights=list(cfg.rewards.values()),
     )
-    fields = set(GRPOConfig.__dataclass_fields__)
-    unknown = sorted(set(cfg.args) - fields)
-    if unknown:
-        raise ValueError(f"grpo.args has keys trl.GRPOConfig does not know: {unknown}. "
-                         "Check the spelling against TRL's GRPOConfig documentation.")
-    base.update(cfg.args)
-    rewards = cfg.rewards
-    base["reward_weights"] = list(rewards.values())
-    return GRPOConfig(**base)
+    return trl_config(GRPOConfig, "grpo", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
 
 
 def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:

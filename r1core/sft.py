@@ -18,6 +18,8 @@ import pandas as pd
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from r1core.config import trl_config
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,29 +33,15 @@ def sft_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> SFTConfig:
     Raises:
         ValueError: an ``args`` key that ``SFTConfig`` does not have.
     """
-    base: dict[str, Any] = dict(
-        output_dir=output_dir,
+    defaults: dict[str, Any] = dict(
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=["mlflow"],
-        seed=seed,
-        use_cpu=use_cpu,
-        bf16=False,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
     )
-    unknown = sorted(set(cfg.args) - set(SFTConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"sft.args has keys trl.SFTConfig does not know: {unknown}. "
-                         "Check the spelling against TRL's SFTConfig documentation.")
-    base.update(cfg.args)
-    return SFTConfig(**base)
+    return trl_config(SFTConfig, "sft", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
 
 
 def train_sft(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:

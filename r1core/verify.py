@@ -126,6 +126,16 @@ def _worker_init() -> None:
     import math_verify  # noqa: F401  (import once per worker, ~1 s)
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a SIGKILLed parent would otherwise leave workers behind
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 class _Pool:
@@ -213,3 +223,46 @@ def verify_batch(completions: list[str], golds: list[str], *, chunk_size: int = 
 def verify_one(completion: str, gold: str) -> Verdict:
     """Verify a single completion (see :func:`verify_batch`)."""
     return verify_batch([completion], [gold])[0]
+
+
+def group_equivalent(answers: list[str | None], *, max_distinct: int = 16) -> list[int | None]:
+    """Cluster extracted answers by verified equivalence (``0.5`` and ``\\frac{1}{2}`` share a cluster).
+
+    Distinct answer strings are compared pairwise with the verifier (each as gold against the
+    other as an ``<answer>``), and equivalent pairs are merged (union-find). Only the
+    ``max_distinct`` most frequent distinct strings are compared; rarer ones keep a cluster of
+    their own string. Used for cons@k's majority vote (R1's cons@64).
+
+    Returns:
+        A cluster id per answer (the index of its cluster's first answer), ``None`` for ``None``.
+    """
+    from collections import Counter
+
+    # Anything but a non-empty string is "no answer" (pandas turns None into NaN, and NaN != NaN).
+    answers = [a if isinstance(a, str) and a.strip() else None for a in answers]
+    distinct = [a for a, _ in Counter(a for a in answers if a is not None).most_common()]
+    compared = distinct[:max_distinct]
+    parent = {a: a for a in distinct}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    pairs = [(a, b) for i, a in enumerate(compared) for b in compared[i + 1 :]]
+    if pairs:
+        verdicts = verify_batch([f"<answer>{b}</answer>" for _, b in pairs], [a for a, _ in pairs])
+        for (a, b), v in zip(pairs, verdicts):
+            if v.correct:
+                parent[find(b)] = find(a)
+    first: dict[str, int] = {}
+    out: list[int | None] = []
+    for i, a in enumerate(answers):
+        if a is None:
+            out.append(None)
+            continue
+        root = find(a)
+        first.setdefault(root, i)
+        out.append(first[root])
+    return out

@@ -20,11 +20,23 @@ def test_pass_at_k_matches_hand_values():
 
 
 def test_majority_vote():
-    assert majority_vote(["3", "3", "4"], [True, True, False]) is True
-    assert majority_vote(["4", "3", "3"], [False, True, True]) is True
-    assert majority_vote(["4", "3"], [False, True]) is False      # tie: first seen wins
-    assert majority_vote([None, None, "3"], [False, False, True]) is True  # None does not vote
+    assert majority_vote([0, 0, 2], [True, True, False]) is True
+    assert majority_vote([0, 1, 1], [False, True, True]) is True
+    assert majority_vote([0, 1], [False, True]) is False          # tie: first seen wins
+    assert majority_vote([None, None, 2], [False, False, True]) is True  # None does not vote
     assert majority_vote([None], [False]) is False
+
+
+def test_equivalent_answers_vote_together():
+    from r1core.verify import group_equivalent
+
+    groups = group_equivalent(["0.5", "\\frac{1}{2}", "3", None, "1/2"])
+    assert groups[0] == groups[1] == groups[4] == 0 and groups[2] == 2 and groups[3] is None
+    # "3" appears twice as strings but 0.5 three times by value: the value wins the vote
+    samples = pd.DataFrame({"id": ["a"] * 5, "correct": [True, True, False, False, True],
+                            "extracted": ["0.5", "\\frac{1}{2}", "3", "3", "1/2"],
+                            "num_tokens": [1] * 5, "truncated": [False] * 5})
+    assert score(samples, k=5)["cons@5"] == 1.0
 
 
 def test_score_on_a_small_table():
@@ -48,3 +60,9 @@ def test_score_skips_unparsable_gold():
                             "num_tokens": [1, 1], "truncated": [False, False]})
     m = score(samples, k=1)
     assert m["num_problems"] == 1 and m["pass@1"] == 1.0 and not math.isnan(m["pass@1_stderr"])
+
+
+def test_group_equivalent_treats_nan_as_no_answer():
+    from r1core.verify import group_equivalent
+
+    assert group_equivalent(["3", float("nan"), None, ""]) == [0, None, None, None]

@@ -19,6 +19,8 @@ EQUIVALENT = [
     ("\\boxed{\\text{(C)}}", "C"),                             # multiple choice
     ("\\boxed{[0, 1)}", "[0,1)"),                              # interval
     ("first \\boxed{3} then finally \\boxed{7}", "7"),         # last boxed wins
+    ("\\boxed{5\\text{ cm}}", "5"),                             # \text{} units
+    ("\\boxed{12{,}000}", "12000"),                             # LaTeX thousands separator
 ]
 NOT_EQUIVALENT = [
     ("<answer>42</answer>", "43"),
@@ -61,7 +63,7 @@ def test_hostile_completions_are_scored_without_side_effects(tmp_path, monkeypat
         "\\boxed{" + "1" * 50,
         "\\boxed{__import__('os').system('touch pwned')}",
         "<answer>__import__('os').system('touch pwned')</answer>",
-        "\\boxed{" + "9" * 100_000 + "}",
+        "\\boxed{" + "9" * 1_000_000 + "}",                   # a number with a million digits
         "\ud800\udfff broken surrogates \\boxed{3}",
     ]
     verdicts = verify_batch(hostile, ["3"] * len(hostile))
