@@ -53,7 +53,8 @@ class AccuracyReward:
 
     The answer is read and compared by :mod:`r1core.verify` (the project's one verifier);
     ``None`` (sample skipped by TRL) when the gold answer cannot be parsed. Verifier timeouts
-    score ``0.0`` and are reported through TRL's ``log_metric`` as ``verifier/timeouts``.
+    score ``0.0``; both are counted through TRL's ``log_metric`` (``verifier/timeouts``,
+    ``verifier/gold_unparsable``).
 
     >>> AccuracyReward()(["<think>2+2</think><answer>4</answer>"], answer=["4"])
     [1.0]
@@ -66,6 +67,7 @@ class AccuracyReward:
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             log_metric("verifier/timeouts", float(sum(v.status == "timeout" for v in verdicts)))
+            log_metric("verifier/gold_unparsable", float(sum(v.status == "gold_unparsable" for v in verdicts)))
         return [None if v.correct is None else float(v.correct) for v in verdicts]
 
 

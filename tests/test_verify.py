@@ -84,3 +84,15 @@ def test_threads_agree_with_a_single_caller():
 def test_length_mismatch_raises():
     with pytest.raises(ValueError, match="gold"):
         verify_batch(["a", "b"], ["1"])
+
+
+def test_missed_deadline_scores_timeout_and_the_pool_recovers(monkeypatch):
+    from r1core import verify
+
+    verify._POOL.close()                      # a new pool needs ~1 s to spawn: longer than the deadline below
+    monkeypatch.setattr(verify, "TIMEOUT_S", 0)
+    monkeypatch.setattr(verify, "_GRACE_S", 0.01)
+    verdicts = verify_batch(["\\boxed{4}"] * 3, ["4"] * 3)
+    assert [(v.correct, v.status) for v in verdicts] == [(False, "timeout")] * 3
+    monkeypatch.undo()
+    assert verify_one("\\boxed{4}", "4").correct is True   # the stuck pool was replaced
