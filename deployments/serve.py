@@ -5,8 +5,9 @@
 Deployments:
 - ``r1-pipeline/r1-pipeline``: the whole recipe; Run from the UI with a recipe path and overrides.
 - ``evaluate/evaluate``: R1-protocol evaluation of any model URI.
-- ``evaluate/nightly-eval``: evaluates the registry's ``champion`` every night at
-  ``R1_NIGHTLY_CRON`` (default ``0 2 * * *``, 02:00 UTC).
+- ``nightly-eval/nightly-eval``: evaluates the registry's ``champion`` and ``challenger`` every
+  night at ``R1_NIGHTLY_CRON`` (default ``0 2 * * *``, 02:00 UTC), publishes the deltas as a
+  markdown artifact and ends Failed on a regression.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ configure_environment()
 from prefect import serve  # noqa: E402
 
 from flows.evaluate import evaluate  # noqa: E402
+from flows.nightly import nightly_eval  # noqa: E402
 from flows.pipeline import r1_pipeline  # noqa: E402
 
 NIGHTLY_CRON = os.environ.get("R1_NIGHTLY_CRON", "0 2 * * *")
@@ -32,10 +34,10 @@ def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-q
                                   description="The R1 recipe end to end.", tags=["r1"]),
         evaluate.to_deployment(name="evaluate", parameters={"recipe": recipe},
                                description="R1-protocol evaluation of a model URI.", tags=["r1"]),
-        evaluate.to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,
-                               parameters={"recipe": recipe, "model": f"models:/{model_name}@champion"},
-                               description="Nightly evaluation of the registry's champion.",
-                               tags=["r1", "nightly"]),
+        nightly_eval.to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,
+                                   parameters={"recipe": recipe, "model_name": model_name},
+                                   description="Nightly evaluation of the registry's champion and challenger.",
+                                   tags=["r1", "nightly"]),
     ]
 
 

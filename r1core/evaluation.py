@@ -10,13 +10,18 @@ view):
   equivalence (:func:`r1core.verify.group_equivalent`; ties: the group seen first).
 - ``<bench>/pass@1_stderr``: standard error of pass@1 over problems.
 - ``<bench>/mean_completion_tokens`` and ``<bench>/truncated_fraction``.
+- ``<bench>/subject/<subject>/pass@1`` and ``<bench>/level/<n>/pass@1`` where the benchmark has
+  subjects and levels (MATH-500).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -90,32 +95,67 @@ def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
     return metrics
 
 
+def breakdown(samples: pd.DataFrame) -> dict[str, float]:
+    """pass@1 per subject and per difficulty level (``subject/<s>/pass@1``, ``level/<n>/pass@1``)
+    for the columns the samples have; empty subjects and level 0 (unknown) are left out."""
+    out: dict[str, float] = {}
+    valid = samples[samples["correct"].notna()]
+    for column in ("subject", "level"):
+        if column not in valid:
+            continue
+        for value, group in valid.groupby(column):
+            if value in ("", 0, None):
+                continue
+            out[f"{column}/{value}/pass@1"] = float(group.groupby("id")["correct"].mean().astype(float).mean())
+    return out
+
+
 def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
-                       template: str = "r1_eval", batch_size: int = 16,
+                       template: str = "r1_eval", batch_size: int = 16, results_path: Path | None = None,
                        progress: Callable[[int, int, float], None] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
-    """Sample ``k`` completions for every problem (all in one batched pass) and score them.
+    """Sample ``k`` completions for every problem (in large batches across problems) and score them.
+
+    Resumable: with ``results_path`` (a JSONL file), every chunk of ``4 * batch_size`` samples is
+    appended as soon as it is scored, and samples already in the file are not generated again;
+    a crashed or retried evaluation loses at most one chunk. The caller keys the file by
+    model, benchmark and settings.
 
     Returns:
-        ``(metrics, samples)``: metrics as in :func:`score` (unprefixed); one sample row per
-        (problem, sample index) with ``extracted``, ``correct``, ``num_tokens``, ``truncated``,
-        ``completion``.
+        ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
+        one sample row per (problem, sample index) with ``extracted``, ``correct``,
+        ``num_tokens``, ``truncated``, ``completion``.
     """
     rows = problems.reset_index(drop=True)
-    prompts = [render(tokenizer, p, template) for p in rows["problem"] for _ in range(k)]
-    outs = generate(model, tokenizer, prompts, params, batch_size=batch_size, on_batch=progress)
-    golds = [str(a) for a in rows["answer"] for _ in range(k)]
-    verdicts = verify_batch([o.text for o in outs], golds)
-    samples = pd.DataFrame({
-        "id": [i for i in rows["id"] for _ in range(k)],
-        "sample": [j for _ in range(len(rows)) for j in range(k)],
-        "subject": [s for s in rows.get("subject", [""] * len(rows)) for _ in range(k)],
-        "level": [int(v or 0) for v in rows.get("level", [0] * len(rows)) for _ in range(k)],
-        "answer": golds,
-        "extracted": [v.answer for v in verdicts],
-        "correct": [v.correct for v in verdicts],
-        "verifier_status": [v.status for v in verdicts],
-        "num_tokens": [o.num_tokens for o in outs],
-        "truncated": [o.truncated for o in outs],
-        "completion": [o.text for o in outs],
-    })
-    return score(samples, k), samples
+    done: dict[tuple[str, int], dict] = {}
+    if results_path is not None and results_path.exists():
+        for line in results_path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[(rec["id"], rec["sample"])] = rec
+    ids = [str(i) for i in rows["id"]]
+    todo = [(i, j) for i in range(len(rows)) for j in range(k) if (ids[i], j) not in done]
+    chunk = max(batch_size * 4, 1)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        prompts = [render(tokenizer, rows.at[i, "problem"], template) for i, _ in part]
+        outs = generate(model, tokenizer, prompts, replace(params, seed=params.seed + start),
+                        batch_size=batch_size, on_batch=progress)
+        verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part])
+        new = [_sample_record(rows, i, j, o, v) for (i, j), o, v in zip(part, outs, verdicts)]
+        for rec in new:
+            done[(rec["id"], rec["sample"])] = rec
+        if results_path is not None:
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            with results_path.open("a") as f:
+                f.writelines(json.dumps(rec) + "\n" for rec in new)
+    samples = pd.DataFrame([done[(ids[i], j)] for i in range(len(rows)) for j in range(k)])
+    return {**score(samples, k), **breakdown(samples)}, samples
+
+
+def _sample_record(rows: pd.DataFrame, i: int, j: int, out, verdict) -> dict:
+    return {"id": str(rows.at[i, "id"]), "sample": j,
+            "subject": str(rows.at[i, "subject"]) if "subject" in rows else "",
+            "level": int(rows.at[i, "level"] or 0) if "level" in rows else 0,
+            "answer": str(rows.at[i, "answer"]), "extracted": verdict.answer, "correct": verdict.correct,
+            "verifier_status": verdict.status, "num_tokens": out.num_tokens, "truncated": out.truncated,
+            "completion": out.text}

@@ -260,8 +260,9 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
     cfg = recipe.evaluate
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
     ctx = tracking.stage_run(parent_run_id, "evaluate") if parent_run_id else _standalone_run(recipe, "evaluate")
+    canonical = canonical_model_uri(model_uri)
     with ctx as run:
-        mlflow.set_tags({"r1.evaluated_model": model_uri})
+        mlflow.set_tags({"r1.evaluated_model": model_uri, "r1.evaluated_model_canonical": canonical})
         mlflow.log_params({f"evaluate.{k}": (",".join(v) if isinstance(v, list) else v)
                            for k, v in cfg.model_dump().items()})
         model, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
@@ -277,16 +278,49 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
             dataset = tracking.pandas_dataset(problems, data.source_uri(spec), name, "answer")
             mlflow.log_input(dataset, context="evaluation")
             t0 = time.perf_counter()
+            key = _sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), recipe.seed], sort_keys=True))
+            results_path = _work_dir("eval") / f"{name}-{key}.jsonl"
             metrics, samples = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
                                                   template=cfg.prompt_template, batch_size=cfg.batch_size,
-                                                  progress=_progress(f"evaluate/{name}"))
+                                                  results_path=results_path, progress=_progress(f"evaluate/{name}"))
             metrics["seconds"] = time.perf_counter() - t0
             prefixed = {f"{name}/{k}": v for k, v in _finite(metrics).items()}
             tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
             tracking.log_table(samples.assign(completion=samples["completion"].str[:2000]),
                                f"samples/{name}.json")
             all_metrics.update(prefixed)
-        return {"run_id": run.info.run_id, "model_uri": model_uri, "metrics": all_metrics}
+        comparison = _compare_with_previous(run, model_uri, all_metrics)
+        return {"run_id": run.info.run_id, "model_uri": model_uri, "canonical_model_uri": canonical,
+                "metrics": all_metrics, "previous_run_id": comparison.baseline_run_id,
+                "deltas": comparison.deltas, "regressions": comparison.regressions}
+
+
+def _compare_with_previous(run, model_uri: str, metrics: dict[str, float]):
+    """Log deltas against the previous evaluation of the same reference (``vs_previous/...``)
+    and tag the run ``r1.regression`` (see :mod:`r1core.compare`)."""
+    from r1core.compare import compare, previous_evaluation
+
+    prev_id, prev_metrics = previous_evaluation(run.info.experiment_id, model_uri, run.info.run_id)
+    now = {tracking.mlflow_key(k): v for k, v in metrics.items()}
+    comparison = compare(now, prev_metrics, prev_id)
+    if prev_id:
+        mlflow.log_metrics({f"vs_previous/{k}": v for k, v in comparison.deltas.items()})
+        mlflow.set_tags({"r1.previous_eval_run": prev_id,
+                         "r1.regression": str(bool(comparison.regressions)).lower(),
+                         "r1.regressed_benchmarks": ",".join(comparison.regressions)})
+    return comparison
+
+
+def canonical_model_uri(uri: str) -> str:
+    """``models:/name@alias`` as the version it points at now (``models:/name/3``); other URIs as they are.
+
+    Aliases move; results cached for resumption and comparisons must name the exact version.
+    """
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+        return f"models:/{name}/{version.version}"
+    return uri
 
 
 def _standalone_run(recipe: Recipe, name: str):

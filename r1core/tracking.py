@@ -40,9 +40,12 @@ PIP_REQUIREMENTS = ["torch", "transformers", "accelerate", "safetensors"]
 
 def mlflow_key(name: str) -> str:
     """A metric or tag name as MLflow stores it: ``@`` is not allowed there, so ``pass@1``
-    becomes ``pass_at_1`` (``math500/pass@1`` -> ``math500/pass_at_1``). The one place the
+    becomes ``pass_at_1`` (``math500/pass@1`` -> ``math500/pass_at_1``); any other character
+    MLflow refuses (``&`` in "Counting & Probability") becomes ``_``. The one place the
     field's names are mapped."""
-    return name.replace("@", "_at_")
+    import re
+
+    return re.sub(r"[^0-9A-Za-z_\-. :/]", "_", name.replace("@", "_at_"))
 
 
 def log_metrics(metrics: dict[str, float], **kwargs) -> None:

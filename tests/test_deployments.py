@@ -10,7 +10,7 @@ def test_deployments_have_names_schedule_and_typed_parameters():
     assert set(deps) == {"r1-pipeline", "evaluate", "nightly-eval"}
     nightly = deps["nightly-eval"]
     assert nightly.schedules and nightly.schedules[0].schedule.cron == NIGHTLY_CRON == "0 2 * * *"
-    assert nightly.parameters["model"].endswith("@champion")
+    assert nightly.parameters["model_name"] == "r1-quickstart-student"
     from prefect.utilities.callables import parameter_schema
 
     from flows.pipeline import r1_pipeline

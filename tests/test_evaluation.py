@@ -66,3 +66,59 @@ def test_group_equivalent_treats_nan_as_no_answer():
     from r1core.verify import group_equivalent
 
     assert group_equivalent(["3", float("nan"), None, ""]) == [0, None, None, None]
+
+
+def test_breakdown_by_subject_and_level():
+    from r1core.evaluation import breakdown
+
+    samples = pd.DataFrame({"id": ["a", "a", "b", "b", "c", "c"], "correct": [True, False, True, True, False, False],
+                            "subject": ["Algebra", "Algebra", "Geometry", "Geometry", "Counting & Probability"] + ["Counting & Probability"],
+                            "level": [1, 1, 1, 1, 5, 5]})
+    b = breakdown(samples)
+    assert b == {"subject/Algebra/pass@1": 0.5, "subject/Counting & Probability/pass@1": 0.0,
+                 "subject/Geometry/pass@1": 1.0, "level/1/pass@1": 0.75, "level/5/pass@1": 0.0}
+    from r1core.tracking import mlflow_key
+
+    assert mlflow_key("math500/subject/Counting & Probability/pass@1") == "math500/subject/Counting _ Probability/pass_at_1"
+
+
+def test_evaluation_resumes_from_written_samples(tiny_model_dir, tmp_path, data_dir):
+    from r1core import data
+    from r1core.evaluation import evaluate_benchmark
+    from r1core.generation import SamplingParams
+    from r1core.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    problems = data.load("aime24")[0].to_pandas().head(3)
+    path = tmp_path / "aime24.jsonl"
+    params = SamplingParams(max_new_tokens=4, seed=1)
+    m1, s1 = evaluate_benchmark(model, tok, problems, k=2, params=params, batch_size=1, results_path=path)
+    assert len(path.read_text().splitlines()) == 6 and len(s1) == 6
+    # a crash after the first chunk (4 samples) leaves 4 lines: the rerun generates only the last 2
+    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    calls = []
+    m2, s2 = evaluate_benchmark(model, tok, problems, k=2, params=params, batch_size=1, results_path=path,
+                                progress=lambda done, total, tps: calls.append(total))
+    assert sum(1 for _ in calls) == 2 and len(s2) == 6
+    assert list(s2["completion"][:4]) == list(s1["completion"][:4])   # kept, not re-sampled
+    assert set(m2) >= {"pass@1", "pass@2", "cons@2", "pass@1_stderr", "truncated_fraction"}
+
+
+def test_nightly_report_flags_a_regression_beyond_two_standard_errors():
+    from r1core.compare import compare
+    from r1core.nightly import report
+
+    assert compare({"m/pass_at_1": 0.45, "m/pass_at_1_stderr": 0.05},
+                   {"m/pass_at_1": 0.50, "m/pass_at_1_stderr": 0.05}, "r").regressions == []  # within noise
+    results = {
+        "champion": {"model_uri": "models:/x@champion", "canonical_model_uri": "models:/x/1", "run_id": "a",
+                     "metrics": {"math500/pass@1": 0.30, "math500/pass@1_stderr": 0.01},
+                     "deltas": {"math500/pass_at_1": -0.20}, "regressions": ["math500"]},
+        "challenger": {"model_uri": "models:/x@challenger", "canonical_model_uri": "models:/x/2", "run_id": "b",
+                       "metrics": {"math500/pass@1": 0.35, "math500/pass@1_stderr": 0.01},
+                       "deltas": {}, "regressions": []},
+    }
+    text, regressed = report("x", results)
+    assert regressed == ["champion:math500"]
+    assert "| champion | models:/x/1 | math500 | 0.3000 | -0.2000 | **yes** |" in text
+    assert "Challenger minus champion: math500/pass@1 +0.0500" in text

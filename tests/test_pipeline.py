@@ -35,11 +35,11 @@ def pipeline_runs(tmp_path_factory, tiny_model_dir, data_dir, prefect_harness):
     path = tiny_recipe(tmp_path_factory.mktemp("recipe"), tiny_model_dir)
     first = r1_pipeline(recipe=path)
     second = r1_pipeline(recipe=path)  # same inputs: every cached stage is skipped
-    return first, second
+    return first, second, path
 
 
 def test_parent_and_one_child_per_stage(pipeline_runs):
-    first, _ = pipeline_runs
+    first, _, _ = pipeline_runs
     client = MlflowClient()
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -54,7 +54,7 @@ def test_parent_and_one_child_per_stage(pipeline_runs):
 
 
 def test_datasets_are_logged_with_contexts(pipeline_runs):
-    first, _ = pipeline_runs
+    first, _, _ = pipeline_runs
     client = MlflowClient()
 
     def inputs(stage):
@@ -72,7 +72,7 @@ def test_datasets_are_logged_with_contexts(pipeline_runs):
 def test_models_and_registry_lineage(pipeline_runs):
     import mlflow
 
-    first, _ = pipeline_runs
+    first, _, _ = pipeline_runs
     client = MlflowClient()
     for stage in ("grpo", "sft"):
         model = mlflow.get_logged_model(first[stage]["model_id"])
@@ -91,8 +91,26 @@ def test_models_and_registry_lineage(pipeline_runs):
 
 
 def test_rerun_skips_completed_stages(pipeline_runs):
-    first, second = pipeline_runs
+    first, second, _ = pipeline_runs
     for stage in ("curate", "grpo", "rejection_sampling", "sft", "evaluate"):
         assert second[stage]["run_id"] == first[stage]["run_id"], stage
     assert second["register"]["version"] == first["register"]["version"]  # idempotent
     assert second["parent_run_id"] != first["parent_run_id"]
+
+
+def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
+    from flows.nightly import nightly_eval
+
+    first, _, path = pipeline_runs
+    name = first["register"]["name"]
+    night1 = nightly_eval(model_name=name, recipe=path, return_state=True)
+    night2 = nightly_eval(model_name=name, recipe=path, return_state=True)
+    assert night1.is_completed() and night2.is_completed()
+    r1, r2 = night1.result(), night2.result()
+    assert set(r2) == {"champion", "challenger"}
+    assert r2["champion"]["canonical_model_uri"] == f"models:/{name}/1"
+    assert r2["champion"]["previous_run_id"] == r1["champion"]["run_id"]  # same alias, the night before
+    assert r2["challenger"]["previous_run_id"] == r1["challenger"]["run_id"]
+    assert r2["champion"]["regressions"] == []
+    tags = MlflowClient().get_run(r2["champion"]["run_id"]).data.tags
+    assert tags["r1.regression"] == "false" and tags["r1.evaluated_model"] == f"models:/{name}@champion"

@@ -1,0 +1,51 @@
+"""Flow ``nightly-eval``: evaluate the registry's champion and challenger, publish the deltas,
+and fail the run when a model regressed against its previous evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from r1core.settings import configure_environment
+
+configure_environment()
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.states import Completed, Failed  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+import tasks  # noqa: E402
+from r1core.config import load_recipe  # noqa: E402
+from r1core.nightly import report  # noqa: E402
+
+
+@flow(name="nightly-eval")
+def nightly_eval(
+    model_name: Annotated[str, Field(description="Registered model whose aliases are evaluated.")] = "r1-quickstart-student",
+    recipe: Annotated[str, Field(description="Recipe whose `evaluate` section sets the protocol.")] = "recipes/quickstart.yaml",
+    aliases: Annotated[list[str], Field(description="Aliases to evaluate.")] = ["champion", "challenger"],  # noqa: B006
+    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],  # noqa: B006
+):
+    """Evaluate each alias of ``model_name``; compare with each alias's previous evaluation and
+    the challenger with the champion; publish a markdown artifact; Failed state on a regression.
+
+    Args:
+        model_name: Registered model whose aliases are evaluated.
+        recipe: Recipe whose `evaluate` section sets benchmarks, k and sampling.
+        aliases: Aliases to evaluate (default champion and challenger).
+        overrides: key=value recipe overrides, e.g. evaluate.limit=50.
+    """
+    log = get_run_logger()
+    cfg = load_recipe(recipe, overrides)
+    results = {}
+    for alias in aliases:
+        uri = f"models:/{model_name}@{alias}"
+        results[alias] = tasks.evaluate.with_options(refresh_cache=True, task_run_name=f"evaluate-{alias}")(
+            cfg.to_json(), None, uri)
+    text, regressed = report(model_name, results)
+    create_markdown_artifact(key=f"nightly-eval-{model_name}".lower().replace("_", "-"), markdown=text,
+                             description=f"Nightly evaluation of {model_name}")
+    log.info(text)
+    if regressed:
+        return Failed(message=f"regression in {regressed}", data=results)
+    return Completed(message="no regression", data=results)
