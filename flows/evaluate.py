@@ -20,6 +20,10 @@ def evaluate(
     model: Annotated[str, Field(description="MLflow model URI, hub id or path.")] = "models:/r1-student@champion",
     recipe: Annotated[str, Field(description="Recipe whose `evaluate` section sets the protocol.")] = "recipes/quickstart.yaml",
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],
+    benchmarks: Annotated[list[str] | None, Field(description="Benchmarks (aime24, math500, amc23, gsm8k).")] = None,
+    num_samples: Annotated[int | None, Field(description="k samples per problem.", ge=1)] = None,
+    limit: Annotated[int | None, Field(description="First N problems of each benchmark.", ge=1)] = None,
+    max_new_tokens: Annotated[int | None, Field(description="Completion cap in tokens.", ge=1)] = None,
 ) -> dict:
     """Evaluate ``model`` with the recipe's benchmarks, k, and sampling settings.
 
@@ -27,6 +31,13 @@ def evaluate(
         model: MLflow model URI (models:/name@champion, models:/m-...), hub id or path.
         recipe: Recipe whose `evaluate` section sets benchmarks, k and sampling.
         overrides: key=value recipe overrides, e.g. evaluate.limit=50.
+        benchmarks: Benchmarks to run (default: the recipe's).
+        num_samples: k samples per problem (default: the recipe's).
+        limit: First N problems of each benchmark (default: the recipe's).
+        max_new_tokens: Completion cap in tokens (default: the recipe's).
     """
-    cfg = load_recipe(recipe, overrides)
+    extra = [f"evaluate.{k}={v}" for k, v in [("benchmarks", f"[{','.join(benchmarks)}]" if benchmarks else None),
+                                               ("num_samples", num_samples), ("limit", limit),
+                                               ("max_new_tokens", max_new_tokens)] if v is not None]
+    cfg = load_recipe(recipe, [*overrides, *extra])
     return tasks.evaluate.with_options(refresh_cache=True)(cfg.to_json(), None, model)

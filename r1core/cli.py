@@ -1,7 +1,8 @@
 """``r1``: the command line. ``r1 --help`` lists the subcommands.
 
 - ``r1 pipeline --recipe recipes/quickstart.yaml [--set key=value ...] [--fresh]``
-- ``r1 eval --model MODEL [--recipe R] [--benchmarks math500,aime24] [--num-samples K] [--limit N] [--max-new-tokens T]``
+- ``r1 eval --model MODEL [--recipe R] [--benchmarks math500,aime24] [--num-samples K] [--limit N] [--max-new-tokens T]
+  [--budgets 64,128,256 [--num-waits M]]``
 - ``r1 recipe --recipe R [--set ...]``: validate a recipe and print it resolved.
 """
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-samples", type=int, default=None, help="k samples per problem")
     e.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     e.add_argument("--max-new-tokens", type=int, default=None)
+    e.add_argument("--budgets", default=None, help="s1 budget forcing sweep: comma-separated thinking budgets in tokens")
+    e.add_argument("--num-waits", type=int, default=None, help="budget forcing: times 'Wait' extends the thinking")
     r = sub.add_parser("recipe", help="validate a recipe and print it with overrides applied")
     _common(r)
     return parser
@@ -96,6 +99,10 @@ def _eval(args) -> int:
     for flag, key in [("num_samples", "num_samples"), ("limit", "limit"), ("max_new_tokens", "max_new_tokens")]:
         if getattr(args, flag) is not None:
             overrides.append(f"evaluate.{key}={getattr(args, flag)}")
+    if args.budgets:
+        overrides.append(f"evaluate.budget_forcing.max_thinking_tokens=[{args.budgets}]")
+    if args.num_waits is not None:
+        overrides.append(f"evaluate.budget_forcing.num_waits={args.num_waits}")
     recipe = load_recipe(args.recipe, overrides)
     from flows.evaluate import evaluate
 

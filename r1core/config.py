@@ -92,6 +92,22 @@ class SFTStageConfig(_Section):
     args: dict[str, Any] = Field(default_factory=dict, description="Extra trl.SFTConfig fields.")
 
 
+class BudgetForcingConfig(_Section):
+    """s1 budget forcing sweep (r1core.budget): evaluate once per thinking budget."""
+
+    max_thinking_tokens: list[int] = Field(default_factory=lambda: [64, 128, 256],
+                                           description="Thinking budgets N to sweep, in tokens.")
+    num_waits: int = Field(0, ge=0, description="Times an early end of thinking is replaced by 'Wait' (M).")
+    answer_tokens: int = Field(64, ge=1, description="Tokens for the answer after thinking.")
+
+    @field_validator("max_thinking_tokens")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("give at least one budget, each >= 1 token")
+        return sorted(set(v))
+
+
 class EvaluateConfig(_Section):
     """Evaluation with R1's protocol: k samples at T=0.6, top-p 0.95; pass@1 averaged over k."""
 
@@ -104,6 +120,8 @@ class EvaluateConfig(_Section):
     top_p: float = Field(0.95, gt=0, le=1)
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_eval"
     batch_size: int = Field(16, ge=1)
+    budget_forcing: BudgetForcingConfig | None = Field(
+        None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
 
 
 class RegisterConfig(_Section):

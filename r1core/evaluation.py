@@ -112,13 +112,15 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
 
 def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
                        template: str = "r1_eval", batch_size: int = 16, results_path: Path | None = None,
-                       progress: Callable[[int, int, float], None] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                       progress: Callable[[int, int, float], None] | None = None,
+                       generate_fn: Callable = generate) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.
 
     Resumable: with ``results_path`` (a JSONL file), every chunk of ``4 * batch_size`` samples is
     appended as soon as it is scored, and samples already in the file are not generated again;
     a crashed or retried evaluation loses at most one chunk. The caller keys the file by
-    model, benchmark and settings.
+    model, benchmark and settings. ``generate_fn`` replaces plain sampling (e.g. a
+    :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`).
 
     Returns:
         ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
@@ -138,8 +140,8 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         prompts = [render(tokenizer, rows.at[i, "problem"], template) for i, _ in part]
-        outs = generate(model, tokenizer, prompts, replace(params, seed=params.seed + start),
-                        batch_size=batch_size, on_batch=progress)
+        outs = generate_fn(model, tokenizer, prompts, replace(params, seed=params.seed + start),
+                           batch_size=batch_size, on_batch=progress)
         verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part])
         new = [_sample_record(rows, i, j, o, v) for (i, j), o, v in zip(part, outs, verdicts)]
         for rec in new:

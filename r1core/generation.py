@@ -52,6 +52,7 @@ def generate(
     *,
     batch_size: int = 16,
     on_batch: Callable[[int, int, float], None] | None = None,
+    stop_strings: list[str] | None = None,
 ) -> list[Sample]:
     """Sample one completion per prompt (repeat a prompt ``k`` times for ``k`` samples).
 
@@ -62,6 +63,8 @@ def generate(
         params: sampling settings.
         batch_size: prompts per ``generate`` call.
         on_batch: called after each batch with ``(done, total, tokens_per_s)`` for progress.
+        stop_strings: also stop a sequence when it produces one of these strings (kept in the text;
+            such a sequence is not truncated).
 
     Returns:
         One :class:`Sample` per prompt, in input order.
@@ -80,6 +83,8 @@ def generate(
         torch.manual_seed(params.seed + b)
         kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=eos_ids)
+        if stop_strings:
+            kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:
@@ -98,6 +103,8 @@ def generate(
                     break
             new_tokens += n
             text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+            if not stopped and stop_strings and any(s in text for s in stop_strings):
+                stopped = True
             out[i] = Sample(text=text, num_tokens=n, truncated=not stopped and n >= params.max_new_tokens)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(order)), len(order), new_tokens / max(time.perf_counter() - t0, 1e-9))

@@ -289,10 +289,60 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
             tracking.log_table(samples.assign(completion=samples["completion"].str[:2000]),
                                f"samples/{name}.json")
             all_metrics.update(prefixed)
+        if cfg.budget_forcing is not None:
+            all_metrics.update(_budget_sweep(recipe, model, tok, params, canonical))
         comparison = _compare_with_previous(run, model_uri, all_metrics)
         return {"run_id": run.info.run_id, "model_uri": model_uri, "canonical_model_uri": canonical,
                 "metrics": all_metrics, "previous_run_id": comparison.baseline_run_id,
                 "deltas": comparison.deltas, "regressions": comparison.regressions}
+
+
+def _budget_sweep(recipe: Recipe, model, tok, params, canonical: str) -> dict[str, float]:
+    """s1 budget forcing at each thinking budget: metrics ``<bench>/budget/<N>/pass@1``, a table
+    ``budget_forcing/results.json`` and the plot ``budget_forcing/accuracy_vs_budget.png``."""
+    import functools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from r1core.budget import budget_forced_generate
+    from r1core.evaluation import evaluate_benchmark
+
+    cfg, bf = recipe.evaluate, recipe.evaluate.budget_forcing
+    rows, metrics = [], {}
+    for spec in cfg.benchmarks:
+        name, _ = data.parse_spec(spec)
+        problems = data.load(spec)[0].to_pandas()
+        problems = problems.head(cfg.limit) if cfg.limit else problems
+        for budget in bf.max_thinking_tokens:
+            fn = functools.partial(budget_forced_generate, max_thinking_tokens=budget, num_waits=bf.num_waits,
+                                   answer_tokens=bf.answer_tokens)
+            key = _sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), budget, recipe.seed], sort_keys=True))
+            m, _ = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
+                                      template=cfg.prompt_template, batch_size=cfg.batch_size,
+                                      results_path=_work_dir("eval") / f"{name}-budget{budget}-{key}.jsonl",
+                                      progress=_progress(f"budget_forcing/{name}/{budget}"), generate_fn=fn)
+            rows.append({"benchmark": name, "max_thinking_tokens": budget, "num_waits": bf.num_waits,
+                         "pass@1": m["pass@1"], "pass@1_stderr": m["pass@1_stderr"],
+                         "mean_completion_tokens": m["mean_completion_tokens"]})
+            metrics.update({f"{name}/budget/{budget}/pass@1": m["pass@1"],
+                            f"{name}/budget/{budget}/mean_completion_tokens": m["mean_completion_tokens"]})
+    table = pd.DataFrame(rows)
+    tracking.log_metrics(metrics)
+    tracking.log_table(table, "budget_forcing/results.json")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, g in table.groupby("benchmark"):
+        ax.errorbar(g["max_thinking_tokens"], g["pass@1"], yerr=g["pass@1_stderr"], marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("pass@1")
+    ax.set_title(f"Budget forcing (num_waits={bf.num_waits})")
+    ax.legend()
+    mlflow.log_figure(fig, "budget_forcing/accuracy_vs_budget.png")
+    plt.close(fig)
+    return metrics
 
 
 def _compare_with_previous(run, model_uri: str, metrics: dict[str, float]):

@@ -20,7 +20,8 @@ def tiny_recipe(tmp_path, model_dir, name="tinypipe") -> str:
         "rejection_sampling": {"num_problems": 3, "num_samples": 2, "max_new_tokens": 8,
                                "prompt_template": "r1_zero", "prefill": "<think>\n", "fallback": "reference"},
         "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
-        "evaluate": {"benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2, "max_new_tokens": 8},
+        "evaluate": {"benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2, "max_new_tokens": 8,
+                     "budget_forcing": {"max_thinking_tokens": [2, 4], "answer_tokens": 2}},
         "registry": {"model_name": f"{name}-student"},
     }
     path = tmp_path / f"{name}.yaml"
@@ -114,3 +115,14 @@ def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
     assert r2["champion"]["regressions"] == []
     tags = MlflowClient().get_run(r2["champion"]["run_id"]).data.tags
     assert tags["r1.regression"] == "false" and tags["r1.evaluated_model"] == f"models:/{name}@champion"
+
+
+def test_budget_forcing_sweep_is_logged(pipeline_runs):
+    first, _, _ = pipeline_runs
+    client = MlflowClient()
+    run = client.get_run(first["evaluate"]["run_id"])
+    for bench in ("math500", "aime24"):
+        for budget in (2, 4):
+            assert f"{bench}/budget/{budget}/pass_at_1" in run.data.metrics
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "budget_forcing")}
+    assert {"budget_forcing/accuracy_vs_budget.png", "budget_forcing/results.json"} <= files
