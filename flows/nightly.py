@@ -47,5 +47,16 @@ def nightly_eval(
                              description=f"Nightly evaluation of {model_name}")
     log.info(text)
     if regressed:
+        _tag_flow_run(["regression"])
         return Failed(message=f"regression in {regressed}", data=results)
     return Completed(message="no regression", data=results)
+
+
+def _tag_flow_run(extra: list[str]) -> None:
+    """Add tags to this flow run (visible and filterable in the Prefect UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.get_id())
+        client.update_flow_run(run.id, tags=sorted(set(run.tags) | set(extra)))

@@ -258,7 +258,7 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
     from r1core.generation import SamplingParams
 
     cfg = recipe.evaluate
-    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+    model_id = logged_model_id(model_uri)
     ctx = tracking.stage_run(parent_run_id, "evaluate") if parent_run_id else _standalone_run(recipe, "evaluate")
     canonical = canonical_model_uri(model_uri)
     with ctx as run:
@@ -371,6 +371,25 @@ def canonical_model_uri(uri: str) -> str:
         version = MlflowClient().get_model_version_by_alias(name, alias)
         return f"models:/{name}/{version.version}"
     return uri
+
+
+def logged_model_id(uri: str) -> str | None:
+    """The LoggedModel id behind ``models:/m-...``, ``models:/name/3`` or ``models:/name@alias``
+    (so evaluation metrics attach to the model); ``None`` for paths and hub ids."""
+    if uri.startswith("models:/m-"):
+        return uri.removeprefix("models:/")
+    if not uri.startswith("models:/"):
+        return None
+    name, version = canonical_model_uri(uri).removeprefix("models:/").rsplit("/", 1)
+    try:
+        mv = MlflowClient().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    # A version registered from "models:/m-..." keeps that URI as its source (model_id may be unset).
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _standalone_run(recipe: Recipe, name: str):

@@ -122,3 +122,16 @@ def test_nightly_report_flags_a_regression_beyond_two_standard_errors():
     assert regressed == ["champion:math500"]
     assert "| champion | models:/x/1 | math500 | 0.3000 | -0.2000 | **yes** |" in text
     assert "Challenger minus champion: math500/pass@1 +0.0500" in text
+
+
+def test_math500_gold_solutions_score_at_least_99_percent(data_dir):
+    """The scoring path itself: MATH-500's reference solutions, read as completions, must verify."""
+    from r1core import data
+    from r1core.verify import verify_batch
+
+    ds, _ = data.load("math500")
+    verdicts = verify_batch(list(ds["solution"]), list(ds["answer"]))
+    samples = pd.DataFrame({"id": ds["id"], "correct": [v.correct for v in verdicts],
+                            "extracted": [v.answer for v in verdicts], "num_tokens": [0] * len(ds),
+                            "truncated": [False] * len(ds)})
+    assert score(samples, k=1)["pass@1"] >= 0.99

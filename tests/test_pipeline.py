@@ -115,6 +115,14 @@ def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
     assert r2["champion"]["regressions"] == []
     tags = MlflowClient().get_run(r2["champion"]["run_id"]).data.tags
     assert tags["r1.regression"] == "false" and tags["r1.evaluated_model"] == f"models:/{name}@champion"
+    import mlflow
+
+    from r1core.stages import logged_model_id
+
+    assert logged_model_id(f"models:/{name}@champion") == first["sft"]["model_id"]
+    student = mlflow.get_logged_model(first["sft"]["model_id"])   # alias evaluations reach the LoggedModel
+    nightly_runs = {r[a]["run_id"] for r in (r1, r2) for a in r}
+    assert any(m.key == "math500/pass_at_1" and m.run_id in nightly_runs for m in student.metrics or [])
 
 
 def test_budget_forcing_sweep_is_logged(pipeline_runs):

@@ -1,0 +1,61 @@
+"""Wall time of a full MATH-500 evaluation pass with SmolLM2-135M on this machine (issue #6).
+
+500 problems, k=1, 512 new tokens, R1 sampling (T=0.6, top-p 0.95), through the same
+``evaluate_benchmark`` the pipeline uses (batched across problems, scored by the one verifier).
+Writes ``benchmarks/results/math500_pass.json``; per-sample results go to a resumable JSONL, so an
+interrupted run continues where it stopped (the reported time then covers the last run only and
+``resumed`` says so).
+
+    python -m benchmarks.math500_pass [--limit N] [--batch-size B] [--max-new-tokens T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from r1core import data
+from r1core.evaluation import evaluate_benchmark
+from r1core.generation import SamplingParams
+from r1core.models import load_model_and_tokenizer
+from r1core.settings import configure_environment, state_dir
+
+RESULTS = Path(__file__).parent / "results" / "math500_pass.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    args = p.parse_args(argv)
+    configure_environment()
+    model, tok = load_model_and_tokenizer(None, for_inference=True)
+    problems = data.load("math500")[0].to_pandas()
+    if args.limit:
+        problems = problems.head(args.limit)
+    path = state_dir() / "work" / "bench" / f"math500-{len(problems)}-{args.max_new_tokens}-{args.batch_size}.jsonl"
+    resumed = path.exists()
+    t0 = time.perf_counter()
+    metrics, samples = evaluate_benchmark(
+        model, tok, problems, k=1, params=SamplingParams(max_new_tokens=args.max_new_tokens, seed=0),
+        batch_size=args.batch_size, results_path=path,
+        progress=lambda d, t, tps: print(f"  batch {d}/{t} at {tps:.1f} tokens/s", flush=True))
+    seconds = time.perf_counter() - t0
+    result = {"problems": len(problems), "k": 1, "max_new_tokens": args.max_new_tokens,
+              "batch_size": args.batch_size, "wall_seconds": seconds, "resumed": resumed,
+              "completion_tokens": int(samples["num_tokens"].sum()),
+              "tokens_per_s": float(samples["num_tokens"].sum()) / seconds,
+              "pass@1": metrics["pass@1"], "truncated_fraction": metrics["truncated_fraction"],
+              "cpu_count": os.cpu_count(), "model": "smollm2-135m-instruct (fp32, CPU)"}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
