@@ -16,7 +16,8 @@ HEADLINE = {
     "rejection_sampling": lambda o: f"{o['num_kept']} traces kept, teacher acceptance {o['acceptance_rate']:.1%}",
     "sft": lambda o: f"loss {o.get('loss_first', float('nan')):.3f}->{o.get('loss_last', float('nan')):.3f}",
     "evaluate": lambda o: ", ".join(f"{k} {v:.3f}" for k, v in o["metrics"].items()
-                                    if k.endswith(("pass@1", "/cons@2", "/cons@4", "/cons@8"))),
+                                    if k.count("/") == 1 and k.split("/")[1].startswith(("pass@1", "cons@"))
+                                    and not k.endswith("_stderr")),
     "register": lambda o: f"{o['name']} v{o['version']} {o['aliases']}",
 }
 
