@@ -59,6 +59,9 @@ class GRPOStageConfig(_Section):
     max_steps: int = Field(4, ge=1)
     learning_rate: float = Field(1e-5, gt=0)
     args: dict[str, Any] = Field(default_factory=dict, description="Extra trl.GRPOConfig fields.")
+    accelerate_config: str | None = Field(
+        None, description="Train in `accelerate launch` subprocesses with this config (recipes/accelerate/*.yaml).")
+    num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch.")
 
 
 class RejectionSamplingConfig(_Section):

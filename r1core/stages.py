@@ -187,9 +187,16 @@ def grpo(recipe: Recipe, parent_run_id: str, dataset_uri: str, base: dict[str, s
         mlflow.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"),
                          context="training")
         mlflow.set_tags({"r1.input_model": policy_ref, "r1.rewards": json.dumps(cfg.rewards)})
-        model, tok = models.load_model_and_tokenizer(policy_ref)
         out_dir = _work_dir("grpo", run.info.run_id)
-        summary = train_grpo(model, tok, rows, cfg, str(out_dir), seed=recipe.seed)
+        if cfg.accelerate_config or cfg.num_processes > 1:  # multi-GPU: accelerate launch subprocesses
+            from r1core.launch import LaunchSpec, launch
+
+            summary = launch(LaunchSpec(recipe.to_json(), dataset_uri, policy_ref, str(out_dir)), run.info.run_id,
+                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes)
+            model, tok = models.load_model_and_tokenizer(str(out_dir))
+        else:
+            model, tok = models.load_model_and_tokenizer(policy_ref)
+            summary = train_grpo(model, tok, rows, cfg, str(out_dir), seed=recipe.seed)
         mlflow.log_metrics({f"summary/{k}": v for k, v in _finite(summary).items()})
         info = tracking.log_model(model, tok, name="grpo-policy",
                                   params={"rewards": json.dumps(cfg.rewards), "max_steps": cfg.max_steps},
