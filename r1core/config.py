@@ -62,6 +62,7 @@ class GRPOStageConfig(_Section):
     accelerate_config: str | None = Field(
         None, description="Train in `accelerate launch` subprocesses with this config (recipes/accelerate/*.yaml).")
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: none); a killed run resumes from the last.")
 
 
 class RejectionSamplingConfig(_Section):

@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from datasets import Dataset
+from transformers.integrations import MLflowCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from r1core.config import trl_config
@@ -29,8 +30,61 @@ from r1core.rewards import get_rewards
 logger = logging.getLogger(__name__)
 
 
+class CheckpointAlignedMLflowCallback(MLflowCallback):
+    """transformers' ``MLflowCallback`` made safe to resume: with checkpointing on
+    (``save_strategy != "no"``), logged metrics are held back and committed synchronously just
+    before each checkpoint is written (:meth:`commit`, called by :class:`R1GRPOTrainer`) and at
+    the end of training; on (re)start, steps the MLflow run already holds are not logged again.
+
+    A kill after the commit but before the checkpoint replays a few steps: they are skipped.
+    A kill after the checkpoint loses only uncommitted steps, which the resumed run redoes.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending: list[tuple[int, dict]] = []
+        self._committed_step = 0
+
+    def setup(self, args, state, model):
+        super().setup(args, state, model)
+        self._async_log = False  # a commit must be on disk before the checkpoint is
+        run = self._ml_flow.active_run()
+        if run is not None and state.is_world_process_zero:
+            from mlflow.tracking import MlflowClient
+
+            history = MlflowClient().get_metric_history(run.info.run_id, "loss")
+            self._committed_step = max((m.step for m in history), default=0)
+
+    def on_log(self, args, state, control, logs, model=None, **kwargs):
+        if not self._initialized:
+            self.setup(args, state, model)
+        if state.global_step <= self._committed_step:
+            return  # replayed after a resume: already in the run
+        if args.save_strategy in ("no", None) or str(args.save_strategy).endswith("NO"):
+            return super().on_log(args, state, control, logs, model=model, **kwargs)
+        self._pending.append((state.global_step, dict(logs)))
+
+    def commit(self, args, state, control=None, model=None) -> None:
+        """Write the held-back metrics to MLflow (synchronously)."""
+        import copy
+
+        for step, logs in self._pending:
+            if step <= self._committed_step:
+                continue
+            at_step = copy.copy(state)
+            at_step.global_step = step
+            super().on_log(args, at_step, control, logs, model=model)
+            self._committed_step = step
+        self._pending.clear()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.commit(args, state, control, kwargs.get("model"))
+        return super().on_train_end(args, state, control, **kwargs)
+
+
 class R1GRPOTrainer(GRPOTrainer):
-    """TRL's ``GRPOTrainer``; the only change is in :meth:`log` (an MLflow completions table).
+    """TRL's ``GRPOTrainer`` with the two logging changes in the module docstring
+    (:meth:`log` adds an MLflow completions table; metrics are committed with checkpoints).
 
     Args:
         completions_log_steps: log the table every this many optimizer steps (``0``: never).
@@ -40,6 +94,15 @@ class R1GRPOTrainer(GRPOTrainer):
     def __init__(self, *args, completions_log_steps: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.completions_log_steps = completions_log_steps
+        self._mlflow_callback = None
+        if self.pop_callback(MLflowCallback) is not None:
+            self._mlflow_callback = CheckpointAlignedMLflowCallback()
+            self.add_callback(self._mlflow_callback)
+
+    def _save_checkpoint(self, model, trial):
+        if self._mlflow_callback is not None and self.state.is_world_process_zero:
+            self._mlflow_callback.commit(self.args, self.state, self.control, model)
+        super()._save_checkpoint(model, trial)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
@@ -90,6 +153,8 @@ def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> GRPOConfig:
         temperature=1.0,
         reward_weights=list(cfg.rewards.values()),
     )
+    if cfg.save_steps:
+        defaults.update(save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1)
     return trl_config(GRPOConfig, "grpo", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
 
 
@@ -118,7 +183,13 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     tokenizer.padding_side = "left"
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer)
-    result = trainer.train()
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last:
+        logger.info("GRPO: resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    _log_learning_curve(trainer, list(cfg.rewards))
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
@@ -132,3 +203,29 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
             summary[f"{name}_last"] = float(vals[-1])
     Path(output_dir, "r1_done").write_text("ok")
     return summary
+
+
+def _log_learning_curve(trainer, reward_names: list[str]) -> None:
+    """Each reward's mean against step, as ``learning_curve.png`` in the active MLflow run."""
+    if mlflow.active_run() is None or not trainer.accelerator.is_main_process:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["reward"] for h in history], label="reward (weighted sum)", linewidth=2)
+    for name in reward_names:
+        key = f"rewards/{name}/mean"
+        ax.plot([h["step"] for h in history if key in h], [h[key] for h in history if key in h], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("GRPO learning curve")
+    ax.legend()
+    mlflow.log_figure(fig, "learning_curve.png")
+    plt.close(fig)

@@ -182,12 +182,18 @@ def grpo(recipe: Recipe, parent_run_id: str, dataset_uri: str, base: dict[str, s
 
     cfg = recipe.grpo
     policy_ref = model_ref(cfg.model, {"base": base})
-    with tracking.stage_run(parent_run_id, "grpo") as run:
+    # The work folder is keyed by the stage's inputs: a retry of a killed run finds its checkpoints
+    # and its MLflow run there, and continues both.
+    out_dir = _work_dir("grpo", _sha(json.dumps([cfg.model_dump(mode="json"), dataset_uri, policy_ref,
+                                                 recipe.seed], sort_keys=True)))
+    run_file = out_dir / "mlflow_run_id"
+    resume = run_file.read_text().strip() if run_file.exists() and any(out_dir.glob("checkpoint-*")) else None
+    with tracking.stage_run(parent_run_id, "grpo", resume_run_id=resume) as run:
+        run_file.write_text(run.info.run_id)
         rows = tracking.read_dataset(dataset_uri)
         mlflow.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"),
                          context="training")
         mlflow.set_tags({"r1.input_model": policy_ref, "r1.rewards": json.dumps(cfg.rewards)})
-        out_dir = _work_dir("grpo", run.info.run_id)
         if cfg.accelerate_config or cfg.num_processes > 1:  # multi-GPU: accelerate launch subprocesses
             from r1core.launch import LaunchSpec, launch
 

@@ -102,13 +102,20 @@ def start_parent_run(experiment: str, run_name: str, tags: dict[str, str], param
 
 
 @contextlib.contextmanager
-def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None,
+              resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open a nested child run of ``parent_run_id`` for one stage, active in this thread.
 
-    The parent's Prefect and recipe tags are copied to the child. On an exception the child
+    The parent's Prefect and recipe tags are copied to the child. With ``resume_run_id`` (a run
+    of an earlier, interrupted attempt) that run is reopened instead. On an exception the child
     is marked FAILED and the exception propagates.
     """
     client = MlflowClient()
+    if resume_run_id:
+        with mlflow.start_run(run_id=resume_run_id, nested=True) as run:
+            mlflow.set_tag("r1.resumed", "true")
+            yield run
+        return
     parent = client.get_run(parent_run_id)
     inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("r1.", "prefect."))}
     inherited.pop(TAG_STAGE, None)
