@@ -63,6 +63,8 @@ class GRPOStageConfig(_Section):
         None, description="Train in `accelerate launch` subprocesses with this config (recipes/accelerate/*.yaml).")
     num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: none); a killed run resumes from the last.")
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: replace zero-advantage groups.")
+    dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
 
 
 class RejectionSamplingConfig(_Section):

@@ -1,10 +1,23 @@
 """GRPO stage: TRL's ``GRPOTrainer`` with the R1 rewards, logging into the stage's MLflow run.
 
-:class:`R1GRPOTrainer` is TRL's trainer with one change: ``log`` also writes the sampled
-completions, each reward's score and the advantage as an MLflow table every
-``completions_log_steps`` steps (TRL's own completions table reaches only wandb/trackio).
+:class:`R1GRPOTrainer` is TRL's trainer with three changes:
+
+1. **Dynamic sampling** (DAPO, arXiv:2503.14476, section 3.2), which TRL lacks, in
+   ``_generate_and_score_completions``: groups whose rewards are all equal have zero advantage
+   and waste the step; they are dropped and more prompts are sampled (up to
+   ``dynamic_sampling_rounds`` extra generation rounds) until the batch is full of informative
+   groups. If the cap is reached, dropped groups fill the rest, so the batch size never changes.
+   Logged as ``dynamic_sampling/dropped_groups`` and ``dynamic_sampling/extra_rounds``; TRL's
+   other metrics of the step average over every round generated.
+2. ``log`` also writes the sampled completions, each reward's score and the advantage as an
+   MLflow table every ``completions_log_steps`` steps (TRL's own table reaches only wandb/trackio).
+3. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
+   metrics are committed with each checkpoint, so a run killed and resumed from its last
+   checkpoint continues its metric history with no duplicated steps.
+
 Everything else (the loss, ``loss_type``, ``beta``, clipping, generation) is TRL's, configured
-through the recipe's ``grpo.args``.
+through the recipe's ``grpo.args``; at the end of training a learning curve (each reward's mean
+against step) is logged as ``learning_curve.png``.
 
 Run on a base model this is R1-Zero (DeepSeek-R1, section 2.2); run on an SFT model it is R1's
 reasoning-oriented RL stage.
@@ -83,21 +96,114 @@ class CheckpointAlignedMLflowCallback(MLflowCallback):
 
 
 class R1GRPOTrainer(GRPOTrainer):
-    """TRL's ``GRPOTrainer`` with the two logging changes in the module docstring
-    (:meth:`log` adds an MLflow completions table; metrics are committed with checkpoints).
+    """TRL's ``GRPOTrainer`` with the changes in the module docstring: dynamic sampling, an
+    MLflow completions table in :meth:`log`, and metrics committed with checkpoints.
 
     Args:
         completions_log_steps: log the table every this many optimizer steps (``0``: never).
+        dynamic_sampling_rounds: extra generation rounds allowed per step to replace
+            zero-advantage groups (``0``: dynamic sampling off).
         *args, **kwargs: as for ``trl.GRPOTrainer``.
     """
 
-    def __init__(self, *args, completions_log_steps: int = 1, **kwargs):
+    _SUPPORTED_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
+                       "num_items_in_batch", "old_per_token_logps", "ref_per_token_logps",
+                       "importance_sampling_ratio", "sampling_per_token_logps"}
+
+    def __init__(self, *args, completions_log_steps: int = 1, dynamic_sampling_rounds: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.completions_log_steps = completions_log_steps
+        self.dynamic_sampling_rounds = dynamic_sampling_rounds
+        self._extra_prompts = None
         self._mlflow_callback = None
         if self.pop_callback(MLflowCallback) is not None:
             self._mlflow_callback = CheckpointAlignedMLflowCallback()
             self.add_callback(self._mlflow_callback)
+
+    # ------------------------------------------------------------ dynamic sampling (DAPO 3.2)
+    def _generate_and_score_completions(self, inputs):
+        batch = super()._generate_and_score_completions(inputs)
+        if not self.dynamic_sampling_rounds or not self.model.training:
+            return batch
+        unsupported = set(batch) - self._SUPPORTED_KEYS
+        if unsupported:
+            raise ValueError(f"dynamic sampling supports text-only GRPO; this batch has {sorted(unsupported)}. "
+                             "Set grpo.dynamic_sampling=false for multimodal or tool-calling runs.")
+        G = self.num_generations
+        n_groups = len(batch["advantages"]) // G
+        parts = [batch]
+        informative = [self._informative(batch)]  # per part: indices of groups with signal
+        dropped = n_groups - len(informative[0])
+        rounds = 0
+        while rounds < self.dynamic_sampling_rounds and self._any_process_short(
+                sum(len(i) for i in informative) < n_groups):
+            extra = super()._generate_and_score_completions(self._draw_prompts(n_groups))
+            parts.append(extra)
+            informative.append(self._informative(extra))
+            dropped += n_groups - len(informative[-1])
+            rounds += 1
+        chosen = [(p, g) for p, groups in enumerate(informative) for g in groups][:n_groups]
+        if len(chosen) < n_groups:  # cap reached: fill with zero-advantage groups of the first batch
+            used = {g for p, g in chosen if p == 0}
+            chosen += [(0, g) for g in range(n_groups) if g not in used][: n_groups - len(chosen)]
+        mode = "train"
+        self._metrics[mode]["dynamic_sampling/dropped_groups"].append(float(dropped))
+        self._metrics[mode]["dynamic_sampling/extra_rounds"].append(float(rounds))
+        return self._assemble(parts, chosen)
+
+    def _informative(self, batch) -> list[int]:
+        """Indices of groups with at least one non-zero advantage."""
+        adv = batch["advantages"].view(-1, self.num_generations)  # (groups, G)
+        return (adv.abs() > 1e-8).any(dim=1).nonzero(as_tuple=True)[0].tolist()
+
+    def _any_process_short(self, short: bool) -> bool:
+        """Whether any process still lacks informative groups (generation is collective)."""
+        import torch
+
+        flag = torch.tensor([1.0 if short else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).max().item() > 0)
+
+    def _draw_prompts(self, n_groups: int) -> list[dict]:
+        """``n_groups`` fresh training rows, each repeated ``num_generations`` times (a seeded
+        shuffle of the training set, distinct per process)."""
+        import random
+
+        if self._extra_prompts is None:
+            rng = random.Random(self.args.seed + 1000 * self.accelerator.process_index)
+
+            def forever():
+                while True:
+                    order = list(range(len(self.train_dataset)))
+                    rng.shuffle(order)
+                    yield from order
+
+            self._extra_prompts = forever()
+        rows = [self.train_dataset[next(self._extra_prompts)] for _ in range(n_groups)]
+        return [row for row in rows for _ in range(self.num_generations)]
+
+    def _assemble(self, parts: list[dict], chosen: list[tuple[int, int]]) -> dict:
+        """Concatenate the chosen groups' rows; prompts re-padded on the left, completions on the right."""
+        import torch
+
+        G = self.num_generations
+        rows = [(p, g * G + j) for p, g in chosen for j in range(G)]
+        pad_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") else 0
+        out = {}
+        for key in parts[0]:
+            if key == "num_items_in_batch":
+                continue
+            width = max(part[key].shape[1] for part in parts) if parts[0][key].dim() > 1 else None
+            pieces = []
+            for p, r in rows:
+                t = parts[p][key][r]
+                if width is not None and t.shape[0] < width:
+                    fill = pad_id if key == "prompt_ids" or key == "completion_ids" else 0
+                    pad = torch.full((width - t.shape[0],), fill, dtype=t.dtype, device=t.device)
+                    t = torch.cat([pad, t]) if key.startswith("prompt") else torch.cat([t, pad])
+                pieces.append(t)
+            out[key] = torch.stack(pieces)  # (B, T) or (B,)
+        out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
+        return out
 
     def _save_checkpoint(self, model, trial):
         if self._mlflow_callback is not None and self.state.is_world_process_zero:
@@ -182,7 +288,8 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     dataset = build_prompt_dataset(rows, tokenizer, cfg.prompt_template, cfg.prefill)
     tokenizer.padding_side = "left"
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
-                            train_dataset=dataset, processing_class=tokenizer)
+                            train_dataset=dataset, processing_class=tokenizer,
+                            dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0)
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

@@ -47,3 +47,55 @@ def test_grpo_args_rejects_unknown_trl_fields(tmp_path):
     cfg = GRPOStageConfig(args={"num_generation": 4})
     with pytest.raises(ValueError, match="num_generation"):
         grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True)
+
+
+class _HalfConstantReward:
+    """Test reward: constant for prompts whose id starts with 'c', length-dependent otherwise."""
+
+    __name__ = "half_constant"
+
+    def __call__(self, completions, id, **kwargs):
+        return [0.5 if i.startswith("c") else len(c) / 100 for c, i in zip(completions, id)]
+
+
+def _trainer(tiny_model_dir, tmp_path, reward, rounds):
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    rows = pd.DataFrame({"id": ["c1", "c2", "v1", "v2", "c3", "v3"], "problem": [f"{i}+{i}?" for i in range(6)],
+                         "answer": [str(2 * i) for i in range(6)]})
+    cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
+                          args={"per_device_train_batch_size": 4})
+    trainer = R1GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
+                            train_dataset=build_prompt_dataset(rows, tok, "r1_zero", "<think>\n"),
+                            processing_class=tok, dynamic_sampling_rounds=rounds)
+    trainer.model.train()
+    return trainer
+
+
+def test_dynamic_sampling_replaces_zero_advantage_groups(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=8)
+    ds = trainer.train_dataset
+    inputs = [ds[0], ds[0], ds[1], ds[1]]          # both groups constant-reward: no signal
+    batch = trainer._generate_and_score_completions(inputs)
+    adv = batch["advantages"].view(-1, 2)
+    assert batch["completion_ids"].shape[0] == 4 and (adv.abs() > 0).any(dim=1).all()
+    assert batch["num_items_in_batch"] == batch["completion_mask"].sum()
+    m = trainer._metrics["train"]
+    assert m["dynamic_sampling/dropped_groups"][-1] >= 2 and m["dynamic_sampling/extra_rounds"][-1] >= 1
+
+
+def test_dynamic_sampling_cap_keeps_the_batch_size(tiny_model_dir, tmp_path):
+    def constant(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    trainer = _trainer(tiny_model_dir, tmp_path, constant, rounds=2)
+    ds = trainer.train_dataset
+    batch = trainer._generate_and_score_completions([ds[2], ds[2], ds[3], ds[3]])
+    assert batch["completion_ids"].shape[0] == 4
+    assert trainer._metrics["train"]["dynamic_sampling/extra_rounds"][-1] == 2
+    assert trainer._metrics["train"]["dynamic_sampling/dropped_groups"][-1] == 2 * 3
+
+
+def test_dynamic_sampling_trains_a_step(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=3)
+    trainer.train()
+    assert trainer.state.global_step == 1
