@@ -65,6 +65,7 @@ class GRPOStageConfig(_Section):
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: none); a killed run resumes from the last.")
     dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: replace zero-advantage groups.")
     dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
+    completions_log_steps: int = Field(1, ge=0, description="Log a table of sampled completions every N steps (0: never).")
 
 
 class RejectionSamplingConfig(_Section):

@@ -244,7 +244,9 @@ def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> GRPOConfig:
     """The ``GRPOConfig`` for a recipe's ``grpo`` section (``cfg.args`` override the defaults here).
 
     Defaults chosen for a small CPU run: one group of ``num_generations`` per prompt, two
-    prompts per step, no reference model (``beta=0``), logging every step to MLflow.
+    prompts per step, no reference model (``beta=0``), logging every step to MLflow. On a CUDA
+    machine with vLLM installed, generation uses TRL's vLLM integration (``vllm_mode="colocate"``);
+    ``grpo.args`` can turn it off (``use_vllm: false``).
 
     Raises:
         ValueError: an ``args`` key that ``GRPOConfig`` does not have (with the fix).
@@ -261,7 +263,18 @@ def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> GRPOConfig:
     )
     if cfg.save_steps:
         defaults.update(save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1)
+    if vllm_available():  # on a GPU with vLLM installed, TRL generates with vLLM inside the trainer
+        defaults.update(use_vllm=True, vllm_mode="colocate")
     return trl_config(GRPOConfig, "grpo", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
+
+
+def vllm_available() -> bool:
+    """Whether TRL's vLLM generation can be used: a CUDA device and the ``vllm`` package."""
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
 def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:
@@ -289,7 +302,8 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     tokenizer.padding_side = "left"
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer,
-                            dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0)
+                            dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
+                            completions_log_steps=cfg.completions_log_steps)
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

@@ -99,3 +99,15 @@ def test_dynamic_sampling_trains_a_step(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=3)
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_vllm_colocate_is_chosen_on_cuda_with_vllm(tmp_path, monkeypatch):
+    import r1core.grpo as grpo
+
+    monkeypatch.setattr(grpo, "vllm_available", lambda: True)
+    args = grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True)
+    assert args.use_vllm is True and args.vllm_mode == "colocate"
+    off = grpo_args(GRPOStageConfig(args={"use_vllm": False}), str(tmp_path), seed=0, use_cpu=True)
+    assert off.use_vllm is False
+    monkeypatch.setattr(grpo, "vllm_available", lambda: False)
+    assert grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True).use_vllm is False
