@@ -30,6 +30,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PassRateFilter(_Section):
+    """Difficulty by pass rate: k samples per problem from a reference model."""
+
+    model: str = Field("base", description="Reference model: base, or a model reference.")
+    num_samples: int = Field(4, ge=1, description="k samples per problem.")
+    min_pass_rate: float = Field(0.0, ge=0, le=1)
+    max_pass_rate: float = Field(0.75, ge=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    candidates: int = Field(256, ge=1, description="Problems scored (the filter's cost is k x candidates samples).")
+
+
 class CurateConfig(_Section):
     """Curation: load, normalise, deduplicate, decontaminate, sample."""
 
@@ -40,6 +51,11 @@ class CurateConfig(_Section):
         description="Benchmarks whose problems (normalised text) are removed from the training set.",
     )
     max_problem_chars: int | None = Field(None, ge=1, description="Drop problems longer than this (characters).")
+    ngram: int = Field(8, ge=1, description="Decontamination n-gram size in words (open-r1 uses 8).")
+    drop_unparsable_gold: bool = Field(True, description="Drop rows whose gold answer math-verify cannot parse.")
+    stratify_by: Literal["subject", "source", "level"] | None = Field(
+        None, description="Sample evenly across this column instead of uniformly.")
+    pass_rate: PassRateFilter | None = Field(None, description="Keep problems a reference model solves at a rate in a band.")
 
 
 class GRPOStageConfig(_Section):

@@ -139,40 +139,76 @@ def model_ref(ref: str, outputs: dict[str, dict]) -> str:
 
 # ---------------------------------------------------------------- curate
 def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
-    """Load the training set, normalise, drop duplicates and benchmark overlaps, sample N.
-
-    Decontamination here is exact match on normalised text (lower-cased, whitespace collapsed)
-    against every benchmark in ``curate.decontaminate``.
+    """Load the training set, normalise, then filter (see :mod:`r1core.curation`): exact
+    duplicates, n-gram overlap with every benchmark in ``curate.decontaminate``, unparsable gold
+    answers, over-long problems, optionally a pass-rate band; then sample N (uniformly or
+    stratified). Every count is a metric of the stage run; pass rates are a column of the dataset.
     """
+    from r1core import curation
+
     cfg = recipe.curate
     with tracking.stage_run(parent_run_id, "curate") as run:
         ds, counts = data.load(cfg.dataset)
         df = ds.to_pandas()
         n0 = len(df)
         df["_norm"] = df["problem"].map(_normalise_text)
-        df = df.drop_duplicates("_norm")
-        n_dupes = n0 - len(df)
-        removed = {}
+        df = df.drop_duplicates("_norm").drop(columns="_norm")
+        metrics: dict[str, float] = {"rows_read": counts["rows_read"], "rows_skipped_malformed": counts["rows_skipped"],
+                                     "duplicates_removed": n0 - len(df)}
         for spec in cfg.decontaminate:
             bench, _ = data.load(spec)
-            bench_norm = {_normalise_text(p) for p in bench["problem"]}
-            before = len(df)
-            df = df[~df["_norm"].isin(bench_norm)]
-            removed[spec] = before - len(df)
+            hit = curation.contaminated(list(df["problem"]), list(bench["problem"]), cfg.ngram)
+            metrics[f"decontaminated/{spec.replace(':', '_')}"] = int(sum(hit))
+            df = df[[not h for h in hit]]
+        if cfg.drop_unparsable_gold:
+            ok = curation.parsable_gold([str(a) for a in df["answer"]])
+            metrics["gold_unparsable_removed"] = int(len(ok) - sum(ok))
+            df = df[ok]
         if cfg.max_problem_chars:
+            metrics["too_long_removed"] = int((df["problem"].str.len() > cfg.max_problem_chars).sum())
             df = df[df["problem"].str.len() <= cfg.max_problem_chars]
-        n_pool = len(df)
-        df = df.sample(n=min(cfg.num_problems, len(df)), random_state=recipe.seed).drop(columns="_norm")
+        metrics["pool_after_filters"] = len(df)
+        if cfg.pass_rate is not None:
+            df = _pass_rate_band(recipe, df, metrics)
+        if cfg.stratify_by:
+            df = curation.stratified_sample(df, cfg.stratify_by, cfg.num_problems, recipe.seed)
+        else:
+            df = df.sample(n=min(cfg.num_problems, len(df)), random_state=recipe.seed)
         df = df.reset_index(drop=True)
+        metrics["num_problems"] = len(df)
+        for column in ("source", "subject", "level"):
+            if column in df and df[column].nunique() > 1:
+                for value, c in df[column].value_counts().items():
+                    metrics[f"distribution/{column}/{value}"] = int(c)
         mlflow.log_params({"curate.dataset": cfg.dataset, "curate.num_problems": cfg.num_problems,
-                           "curate.decontaminate": ",".join(cfg.decontaminate)})
-        metrics = {"rows_read": counts["rows_read"], "rows_skipped_malformed": counts["rows_skipped"],
-                   "duplicates_removed": n_dupes, "pool_after_filters": n_pool, "num_problems": len(df),
-                   **{f"decontaminated/{k.replace(':', '_')}": v for k, v in removed.items()}}
-        mlflow.log_metrics(metrics)
+                           "curate.decontaminate": ",".join(cfg.decontaminate), "curate.ngram": cfg.ngram})
+        tracking.log_metrics(metrics)
         src, _ = tracking.log_dataset(df, "curated", "training", source=data.source_uri(cfg.dataset), targets="answer")
         digest = tracking.dataset_digest(src)
         return {"run_id": run.info.run_id, "dataset_uri": src, "digest": digest or "", "num_problems": len(df)}
+
+
+def _pass_rate_band(recipe: Recipe, df: pd.DataFrame, metrics: dict) -> pd.DataFrame:
+    """Score ``candidates`` problems by a reference model's pass rate over k samples; keep the band."""
+    from r1core.generation import SamplingParams, generate
+    from r1core.prompts import render
+    from r1core.verify import verify_batch
+
+    pr = recipe.curate.pass_rate
+    ref = recipe.model if pr.model == "base" else pr.model
+    model, tok = models.load_model_and_tokenizer(ref, for_inference=True)
+    cand = df.sample(n=min(pr.candidates, len(df)), random_state=recipe.seed).reset_index(drop=True)
+    prompts = [render(tok, p, "r1_eval") for p in cand["problem"] for _ in range(pr.num_samples)]
+    outs = generate(model, tok, prompts, SamplingParams(max_new_tokens=pr.max_new_tokens, seed=recipe.seed),
+                    on_batch=_progress("curate/pass_rate"))
+    golds = [str(a) for a in cand["answer"] for _ in range(pr.num_samples)]
+    correct = [bool(v.correct) for v in verify_batch([o.text for o in outs], golds)]
+    k = pr.num_samples
+    cand["pass_rate"] = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(cand))]
+    keep = cand[(cand["pass_rate"] >= pr.min_pass_rate) & (cand["pass_rate"] <= pr.max_pass_rate)]
+    metrics.update({"pass_rate/candidates": len(cand), "pass_rate/kept": len(keep),
+                    "pass_rate/mean": float(cand["pass_rate"].mean())})
+    return keep
 
 
 # ---------------------------------------------------------------- grpo

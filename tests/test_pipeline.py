@@ -66,6 +66,8 @@ def test_datasets_are_logged_with_contexts(pipeline_runs):
     assert ("sft_traces", "generated") in inputs("rejection_sampling")
     assert ("sft_traces", "training") in inputs("sft")
     assert {("math500", "evaluation"), ("aime24", "evaluation")} <= inputs("evaluate")
+    cur = client.get_run(first["curate"]["run_id"]).data.metrics
+    assert cur["decontaminated/gsm8k_test"] == 94 and cur["gold_unparsable_removed"] == 0  # 8-gram overlap
     rs = client.get_run(first["rejection_sampling"]["run_id"]).data.metrics
     assert rs["num_kept"] >= 1 and rs["num_kept"] == rs["num_kept_teacher"] + rs["num_kept_reference"]
 
