@@ -82,6 +82,7 @@ class GRPOStageConfig(_Section):
     dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: replace zero-advantage groups.")
     dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
     completions_log_steps: int = Field(1, ge=0, description="Log a table of sampled completions every N steps (0: never).")
+    stop_strings: list[str] = Field(default_factory=list, description='End completions after these strings, e.g. ["</answer>"].')
 
 
 class RejectionSamplingConfig(_Section):

@@ -1,6 +1,6 @@
 """GRPO stage: TRL's ``GRPOTrainer`` with the R1 rewards, logging into the stage's MLflow run.
 
-:class:`R1GRPOTrainer` is TRL's trainer with three changes:
+:class:`R1GRPOTrainer` is TRL's trainer with four changes:
 
 1. **Dynamic sampling** (DAPO, arXiv:2503.14476, section 3.2), which TRL lacks, in
    ``_generate_and_score_completions``: groups whose rewards are all equal have zero advantage
@@ -11,7 +11,11 @@
    other metrics of the step average over every round generated.
 2. ``log`` also writes the sampled completions, each reward's score and the advantage as an
    MLflow table every ``completions_log_steps`` steps (TRL's own table reaches only wandb/trackio).
-3. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
+3. ``stop_strings`` (e.g. ``["</answer>"]``), in ``_generate_single_turn``: each completion is cut
+   after the first stop string and ended with EOS, as a stop string would end generation (TRL's
+   transformers path cannot pass a tokenizer to ``generate``, which stop strings need). Without
+   it, a small policy keeps writing after ``</answer>`` and the strict format reward stays 0.
+4. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
    metrics are committed with each checkpoint, so a run killed and resumed from its last
    checkpoint continues its metric history with no duplicated steps.
 
@@ -103,6 +107,7 @@ class R1GRPOTrainer(GRPOTrainer):
         completions_log_steps: log the table every this many optimizer steps (``0``: never).
         dynamic_sampling_rounds: extra generation rounds allowed per step to replace
             zero-advantage groups (``0``: dynamic sampling off).
+        stop_strings: end each completion after the first of these strings (with EOS).
         *args, **kwargs: as for ``trl.GRPOTrainer``.
     """
 
@@ -110,8 +115,10 @@ class R1GRPOTrainer(GRPOTrainer):
                        "num_items_in_batch", "old_per_token_logps", "ref_per_token_logps",
                        "importance_sampling_ratio", "sampling_per_token_logps"}
 
-    def __init__(self, *args, completions_log_steps: int = 1, dynamic_sampling_rounds: int = 0, **kwargs):
+    def __init__(self, *args, completions_log_steps: int = 1, dynamic_sampling_rounds: int = 0,
+                 stop_strings: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.stop_strings = list(stop_strings or [])
         self.completions_log_steps = completions_log_steps
         self.dynamic_sampling_rounds = dynamic_sampling_rounds
         self._extra_prompts = None
@@ -119,6 +126,26 @@ class R1GRPOTrainer(GRPOTrainer):
         if self.pop_callback(MLflowCallback) is not None:
             self._mlflow_callback = CheckpointAlignedMLflowCallback()
             self.add_callback(self._mlflow_callback)
+
+    # ------------------------------------------------------------ stop strings
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        if not self.stop_strings or logprobs is not None:  # vLLM: use its own `stop` sampling parameter
+            return completion_ids, logprobs
+        return [self._cut_at_stop(ids) for ids in completion_ids], logprobs
+
+    def _cut_at_stop(self, ids: list[int]) -> list[int]:
+        """``ids`` up to and including the first stop string, then EOS; unchanged if none occurs."""
+        tok = self.processing_class
+        text = tok.decode(ids, skip_special_tokens=False)
+        if not any(s in text for s in self.stop_strings):
+            return ids
+        for k in range(1, len(ids) + 1):
+            if any(s in tok.decode(ids[:k], skip_special_tokens=False) for s in self.stop_strings):
+                eos = self.eos_token_ids[0] if getattr(self, "eos_token_ids", None) else tok.eos_token_id
+                return ids[:k] + ([] if ids[k - 1] == eos else [eos])
+        return ids
 
     # ------------------------------------------------------------ dynamic sampling (DAPO 3.2)
     def _generate_and_score_completions(self, inputs):
@@ -303,7 +330,7 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer,
                             dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
-                            completions_log_steps=cfg.completions_log_steps)
+                            completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings)
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

@@ -111,3 +111,14 @@ def test_vllm_colocate_is_chosen_on_cuda_with_vllm(tmp_path, monkeypatch):
     assert off.use_vllm is False
     monkeypatch.setattr(grpo, "vllm_available", lambda: False)
     assert grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True).use_vllm is False
+
+
+def test_stop_strings_cut_completions_after_the_answer(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=0)
+    trainer.stop_strings = ["</answer>"]
+    tok = trainer.processing_class
+    ids = tok("<think>x</think><answer>4</answer> and more text", add_special_tokens=False)["input_ids"]
+    cut = trainer._cut_at_stop(ids)
+    assert tok.decode(cut[:-1]) == "<think>x</think><answer>4</answer>" and cut[-1] == tok.eos_token_id
+    other = tok("no stop here", add_special_tokens=False)["input_ids"]
+    assert trainer._cut_at_stop(other) == other
