@@ -11,9 +11,10 @@ steps, with accuracy not falling.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from benchmarks import write_result
 
 from mlflow.tracking import MlflowClient
 
@@ -57,10 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["format_gain"] = result["format_last5"] - result["format_first5"]
     result["target_met"] = bool(result["format_gain"] >= 0.3 and result["accuracy_last5"] >= result["accuracy_first5"]
                                 and result["steps"] <= 40)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ interrupted run continues where it stopped (the reported time then covers the la
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
+
+from benchmarks import write_result
 
 from r1core import data
 from r1core.evaluation import evaluate_benchmark
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
               "tokens_per_s": float(samples["num_tokens"].sum()) / seconds,
               "pass@1": metrics["pass@1"], "truncated_fraction": metrics["truncated_fraction"],
               "cpu_count": os.cpu_count(), "model": "smollm2-135m-instruct (fp32, CPU)"}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ half with a wrong one, so both verdicts are exercised. Median of 3 runs after a 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 from pathlib import Path
+
+from benchmarks import write_result
 
 from r1core import data
 from r1core.verify import verify_batch
@@ -52,10 +53,7 @@ def main() -> dict:
     result = {"completions": N, "chars_per_completion": CHARS, "seconds_median": statistics.median(times),
               "seconds_runs": times, "completions_per_s": N / statistics.median(times),
               "agreement_with_construction": agree, "cpu_count": os.cpu_count(), "target_seconds": 10.0}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(RESULTS, result)
 
 
 if __name__ == "__main__":
