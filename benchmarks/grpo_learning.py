@@ -25,6 +25,27 @@ from r1core.tracking import mlflow_key
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grpo_smollm2_gsm8k.yaml"
 RESULTS = Path(__file__).parent / "results" / "grpo_learning.json"
+CURVE = RESULTS.with_suffix(".png")
+
+
+def plot(hist: dict[str, list], path: Path) -> None:
+    """Each reward's mean against step (the curve the README shows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, h in hist.items():
+        h = sorted(h, key=lambda m: m.step)
+        ax.plot([m.step for m in h], [m.value for m in h], marker=".", label=name)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("SmolLM2-135M on GSM8K, 2-core CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def mean_of(history: list, n: int, last: bool) -> float:
@@ -58,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["format_gain"] = result["format_last5"] - result["format_first5"]
     result["target_met"] = bool(result["format_gain"] >= 0.3 and result["accuracy_last5"] >= result["accuracy_first5"]
                                 and result["steps"] <= 40)
+    plot(hist, CURVE)
     return write_result(RESULTS, result)
 
 

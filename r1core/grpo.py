@@ -136,15 +136,27 @@ class R1GRPOTrainer(GRPOTrainer):
         return [self._cut_at_stop(ids) for ids in completion_ids], logprobs
 
     def _cut_at_stop(self, ids: list[int]) -> list[int]:
-        """``ids`` up to and including the first stop string, then EOS; unchanged if none occurs."""
+        """``ids`` ending exactly at the first stop string, then EOS; unchanged if none occurs.
+
+        When the token that completes the stop string also carries text beyond it (a merged token
+        such as ``"></"``), the text up to the stop string is re-tokenized, so the completion the
+        rewards see ends exactly there. TRL recomputes the log-probabilities of these ids with the
+        policy on this path, so the loss stays consistent.
+        """
         tok = self.processing_class
         text = tok.decode(ids, skip_special_tokens=False)
-        if not any(s in text for s in self.stop_strings):
+        hits = [(text.find(s), s) for s in self.stop_strings if s in text]
+        if not hits:
             return ids
+        start, stop = min(hits)
+        end = start + len(stop)
+        eos = self.eos_token_ids[0] if getattr(self, "eos_token_ids", None) else tok.eos_token_id
         for k in range(1, len(ids) + 1):
-            if any(s in tok.decode(ids[:k], skip_special_tokens=False) for s in self.stop_strings):
-                eos = self.eos_token_ids[0] if getattr(self, "eos_token_ids", None) else tok.eos_token_id
-                return ids[:k] + ([] if ids[k - 1] == eos else [eos])
+            prefix = tok.decode(ids[:k], skip_special_tokens=False)
+            if len(prefix) >= end:
+                if len(prefix) > end:  # the last token runs past the stop string
+                    return tok(text[:end], add_special_tokens=False)["input_ids"] + [eos]
+                return ids[:k] + [eos]
         return ids
 
     # ------------------------------------------------------------ dynamic sampling (DAPO 3.2)

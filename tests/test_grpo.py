@@ -122,3 +122,12 @@ def test_stop_strings_cut_completions_after_the_answer(tiny_model_dir, tmp_path)
     assert tok.decode(cut[:-1]) == "<think>x</think><answer>4</answer>" and cut[-1] == tok.eos_token_id
     other = tok("no stop here", add_special_tokens=False)["input_ids"]
     assert trainer._cut_at_stop(other) == other
+
+
+def test_stop_strings_retokenize_a_token_that_runs_past_the_stop(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=0)
+    trainer.stop_strings = ["</answer>"]
+    tok = trainer.processing_class
+    ids = tok("<answer>25</answer></think>", add_special_tokens=False)["input_ids"]
+    cut = trainer._cut_at_stop(ids)
+    assert tok.decode(cut[:-1]) == "<answer>25</answer>" and cut[-1] == tok.eos_token_id
