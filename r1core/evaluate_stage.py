@@ -1,0 +1,165 @@
+"""The ``evaluate`` stage: R1-protocol evaluation of a model on the recipe's benchmarks, with the
+s1 budget-forcing sweep and the comparison against the previous evaluation of the same model
+reference. Metrics attach to the model's LoggedModel; results are resumable per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from r1core import data, models, tracking
+from r1core.config import Recipe
+from r1core.stage_utils import finite, progress, sha, work_dir
+
+
+def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[str, Any]:
+    """R1-protocol evaluation on the recipe's benchmarks; metrics attach to the model (``model_id``)."""
+    from r1core.evaluation import evaluate_benchmark
+    from r1core.generation import SamplingParams
+
+    cfg = recipe.evaluate
+    model_id = logged_model_id(model_uri)
+    ctx = tracking.stage_run(parent_run_id, "evaluate") if parent_run_id else _standalone_run(recipe, "evaluate")
+    canonical = canonical_model_uri(model_uri)
+    with ctx as run:
+        mlflow.set_tags({"r1.evaluated_model": model_uri, "r1.evaluated_model_canonical": canonical})
+        mlflow.log_params({f"evaluate.{k}": (",".join(v) if isinstance(v, list) else v)
+                           for k, v in cfg.model_dump().items()})
+        model, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                top_p=cfg.top_p, seed=recipe.seed)
+        all_metrics: dict[str, float] = {}
+        for spec in cfg.benchmarks:
+            name, _ = data.parse_spec(spec)
+            ds, _ = data.load(spec)
+            problems = ds.to_pandas()
+            if cfg.limit:
+                problems = problems.head(cfg.limit)
+            dataset = tracking.pandas_dataset(problems, data.source_uri(spec), name, "answer")
+            mlflow.log_input(dataset, context="evaluation")
+            t0 = time.perf_counter()
+            key = sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), recipe.seed], sort_keys=True))
+            results_path = work_dir("eval") / f"{name}-{key}.jsonl"
+            metrics, samples = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
+                                                  template=cfg.prompt_template, batch_size=cfg.batch_size,
+                                                  results_path=results_path, progress=progress(f"evaluate/{name}"))
+            metrics["seconds"] = time.perf_counter() - t0
+            prefixed = {f"{name}/{k}": v for k, v in finite(metrics).items()}
+            tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
+            tracking.log_table(samples.assign(completion=samples["completion"].str[:2000]),
+                               f"samples/{name}.json")
+            all_metrics.update(prefixed)
+        if cfg.budget_forcing is not None:
+            all_metrics.update(_budget_sweep(recipe, model, tok, params, canonical))
+        comparison = _compare_with_previous(run, model_uri, all_metrics)
+        return {"run_id": run.info.run_id, "model_uri": model_uri, "canonical_model_uri": canonical,
+                "metrics": all_metrics, "previous_run_id": comparison.baseline_run_id,
+                "deltas": comparison.deltas, "regressions": comparison.regressions}
+
+
+def _budget_sweep(recipe: Recipe, model, tok, params, canonical: str) -> dict[str, float]:
+    """s1 budget forcing at each thinking budget: metrics ``<bench>/budget/<N>/pass@1``, a table
+    ``budget_forcing/results.json`` and the plot ``budget_forcing/accuracy_vs_budget.png``."""
+    import functools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from r1core.budget import budget_forced_generate
+    from r1core.evaluation import evaluate_benchmark
+
+    cfg, bf = recipe.evaluate, recipe.evaluate.budget_forcing
+    rows, metrics = [], {}
+    for spec in cfg.benchmarks:
+        name, _ = data.parse_spec(spec)
+        problems = data.load(spec)[0].to_pandas()
+        problems = problems.head(cfg.limit) if cfg.limit else problems
+        for budget in bf.max_thinking_tokens:
+            fn = functools.partial(budget_forced_generate, max_thinking_tokens=budget, num_waits=bf.num_waits,
+                                   answer_tokens=bf.answer_tokens)
+            key = sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), budget, recipe.seed], sort_keys=True))
+            m, _ = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
+                                      template=cfg.prompt_template, batch_size=cfg.batch_size,
+                                      results_path=work_dir("eval") / f"{name}-budget{budget}-{key}.jsonl",
+                                      progress=progress(f"budget_forcing/{name}/{budget}"), generate_fn=fn)
+            rows.append({"benchmark": name, "max_thinking_tokens": budget, "num_waits": bf.num_waits,
+                         "pass@1": m["pass@1"], "pass@1_stderr": m["pass@1_stderr"],
+                         "mean_completion_tokens": m["mean_completion_tokens"]})
+            metrics.update({f"{name}/budget/{budget}/pass@1": m["pass@1"],
+                            f"{name}/budget/{budget}/mean_completion_tokens": m["mean_completion_tokens"]})
+    table = pd.DataFrame(rows)
+    tracking.log_metrics(metrics)
+    tracking.log_table(table, "budget_forcing/results.json")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, g in table.groupby("benchmark"):
+        ax.errorbar(g["max_thinking_tokens"], g["pass@1"], yerr=g["pass@1_stderr"], marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("thinking budget (tokens)")
+    ax.set_ylabel("pass@1")
+    ax.set_title(f"Budget forcing (num_waits={bf.num_waits})")
+    ax.legend()
+    mlflow.log_figure(fig, "budget_forcing/accuracy_vs_budget.png")
+    plt.close(fig)
+    return metrics
+
+
+def _compare_with_previous(run, model_uri: str, metrics: dict[str, float]):
+    """Log deltas against the previous evaluation of the same reference (``vs_previous/...``)
+    and tag the run ``r1.regression`` (see :mod:`r1core.compare`)."""
+    from r1core.compare import compare, previous_evaluation
+
+    prev_id, prev_metrics = previous_evaluation(run.info.experiment_id, model_uri, run.info.run_id)
+    now = {tracking.mlflow_key(k): v for k, v in metrics.items()}
+    comparison = compare(now, prev_metrics, prev_id)
+    if prev_id:
+        mlflow.log_metrics({f"vs_previous/{k}": v for k, v in comparison.deltas.items()})
+        mlflow.set_tags({"r1.previous_eval_run": prev_id,
+                         "r1.regression": str(bool(comparison.regressions)).lower(),
+                         "r1.regressed_benchmarks": ",".join(comparison.regressions)})
+    return comparison
+
+
+def canonical_model_uri(uri: str) -> str:
+    """``models:/name@alias`` as the version it points at now (``models:/name/3``); other URIs as they are.
+
+    Aliases move; results cached for resumption and comparisons must name the exact version.
+    """
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+        return f"models:/{name}/{version.version}"
+    return uri
+
+
+def logged_model_id(uri: str) -> str | None:
+    """The LoggedModel id behind ``models:/m-...``, ``models:/name/3`` or ``models:/name@alias``
+    (so evaluation metrics attach to the model); ``None`` for paths and hub ids."""
+    if uri.startswith("models:/m-"):
+        return uri.removeprefix("models:/")
+    if not uri.startswith("models:/"):
+        return None
+    name, version = canonical_model_uri(uri).removeprefix("models:/").rsplit("/", 1)
+    try:
+        mv = MlflowClient().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    # A version registered from "models:/m-..." keeps that URI as its source (model_id may be unset).
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def _standalone_run(recipe: Recipe, name: str):
+    exp_id = tracking.setup(recipe.experiment_name)
+    return mlflow.start_run(experiment_id=exp_id, run_name=name,
+                            tags={**tracking.environment_tags(), tracking.TAG_STAGE: name,
+                                  tracking.TAG_RECIPE: recipe.name})
