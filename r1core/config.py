@@ -19,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 STAGES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")  # "register" is configured by the `registry` section
-STAGE_OUTPUT_MODELS = {"base", "grpo", "sft"}
 
 
 class RecipeError(ValueError):

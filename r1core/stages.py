@@ -39,10 +39,6 @@ TAG_MODEL_ROLE = "r1.model_role"
 
 
 
-def _normalise_text(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower()).strip()
-
-
 
 
 
@@ -137,7 +133,7 @@ def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
         ds, counts = data.load(cfg.dataset)
         df = ds.to_pandas()
         n0 = len(df)
-        df["_norm"] = df["problem"].map(_normalise_text)
+        df["_norm"] = df["problem"].map(lambda p: " ".join(curation.normalise(p)))  # same words as decontamination
         df = df.drop_duplicates("_norm").drop(columns="_norm")
         metrics: dict[str, float] = {"rows_read": counts["rows_read"], "rows_skipped_malformed": counts["rows_skipped"],
                                      "duplicates_removed": n0 - len(df)}

@@ -220,10 +220,6 @@ def log_table(df: pd.DataFrame, artifact_file: str) -> None:
     mlflow.log_table(data=df, artifact_file=artifact_file)
 
 
-def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
-    client = MlflowClient()
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v))
 
 
 def dataset_digest(uri: str) -> str | None:
@@ -237,7 +233,3 @@ def dataset_digest(uri: str) -> str | None:
         if d.dataset.name == name:
             return d.dataset.digest
     return None
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

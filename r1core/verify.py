@@ -58,12 +58,17 @@ class Verdict:
     status: Status
 
 
+def _answer_block(completion: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` block, or ``None`` when there is none."""
+    blocks = _ANSWER_TAG.findall(completion)
+    return blocks[-1] if blocks else None
+
+
 def extract_answer_span(completion: str) -> str:
     """The part of a completion the answer is read from: the last ``<answer>`` block's content,
     else the whole completion (math-verify then finds the last ``\\boxed{}`` or expression)."""
-    blocks = _ANSWER_TAG.findall(completion)
-    text = blocks[-1] if blocks else completion
-    return text[-MAX_CHARS:]
+    block = _answer_block(completion)
+    return (completion if block is None else block)[-MAX_CHARS:]
 
 
 def _parse_boxed_first(text: str, configs):
@@ -88,10 +93,10 @@ def _parse_prediction(completion: str):
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    blocks = _ANSWER_TAG.findall(completion)
-    if blocks:
-        return _parse_boxed_first(blocks[-1][-MAX_CHARS:], configs)
-    return parse(completion[-MAX_CHARS:], extraction_config=configs, parsing_timeout=TIMEOUT_S)
+    span = extract_answer_span(completion)
+    if _answer_block(completion) is not None:  # an <answer> block's content is read as if boxed
+        return _parse_boxed_first(span, configs)
+    return parse(span, extraction_config=configs, parsing_timeout=TIMEOUT_S)
 
 
 def _verify_one(completion: str, gold: str) -> tuple[bool | None, str | None, str]:
