@@ -121,8 +121,8 @@ def model_ref(ref: str, outputs: dict[str, dict]) -> str:
 
 # ---------------------------------------------------------------- curate
 def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
-    """Load the training set, normalise, then filter (see :mod:`r1core.curation`): exact
-    duplicates, n-gram overlap with every benchmark in ``curate.decontaminate``, unparsable gold
+    """Load the training set, normalise, then filter (see :mod:`r1core.curation`):
+    duplicates (same words after normalisation), n-gram overlap with every benchmark in ``curate.decontaminate``, unparsable gold
     answers, over-long problems, optionally a pass-rate band; then sample N (uniformly or
     stratified). Every count is a metric of the stage run; pass rates are a column of the dataset.
     """
