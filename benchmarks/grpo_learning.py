@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     parent = stages.start_pipeline(recipe)
     base = stages.base_model(recipe)
-    cur = stages.curate(recipe, parent)
-    out = stages.grpo(recipe, parent, cur["dataset_uri"], base)
+    cur = stages.curate(recipe, "curate", parent)
+    out = stages.grpo(recipe, "grpo", parent, data=cur["dataset_uri"], model=base["model_uri"])
     seconds = time.perf_counter() - t0
     client = MlflowClient()
     hist = {name: client.get_metric_history(out["run_id"], mlflow_key(f"rewards/{name}/mean"))
-            for name in recipe.grpo.rewards}
+            for name in recipe.stages["grpo"].rewards}
     result = {"recipe": str(RECIPE.name), "steps": len(hist["format"]), "seconds": seconds,
               "grpo_run_id": out["run_id"], "model_uri": out["model_uri"]}
     for name in ("format", "accuracy", "tag_count"):

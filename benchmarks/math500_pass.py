@@ -40,14 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
         problems = problems.head(args.limit)
     path = state_dir() / "work" / "bench" / f"math500-{len(problems)}-{args.max_new_tokens}-{args.batch_size}.jsonl"
     resumed = path.exists()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     metrics, samples = evaluate_benchmark(
         model, tok, problems, k=1, params=SamplingParams(max_new_tokens=args.max_new_tokens, seed=0),
         batch_size=args.batch_size, results_path=path,
         progress=lambda d, t, tps: print(f"  batch {d}/{t} at {tps:.1f} tokens/s", flush=True))
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0  # all threads; less sensitive to other load than wall time
     result = {"problems": len(problems), "k": 1, "max_new_tokens": args.max_new_tokens,
-              "batch_size": args.batch_size, "wall_seconds": seconds, "resumed": resumed,
+              "batch_size": args.batch_size, "wall_seconds": seconds, "cpu_seconds": cpu_seconds, "resumed": resumed,
               "completion_tokens": int(samples["num_tokens"].sum()),
               "tokens_per_s": float(samples["num_tokens"].sum()) / seconds,
               "pass@1": metrics["pass@1"], "truncated_fraction": metrics["truncated_fraction"],

@@ -15,14 +15,14 @@ from prefect.states import Completed, Failed  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 import tasks  # noqa: E402
-from r1core.config import load_recipe  # noqa: E402
+from r1core.config import evaluation_recipe, load_recipe  # noqa: E402
 from r1core.nightly import report  # noqa: E402
 
 
 @flow(name="nightly-eval")
 def nightly_eval(
     model_name: Annotated[str, Field(description="Registered model whose aliases are evaluated.")] = "r1-quickstart-student",
-    recipe: Annotated[str, Field(description="Recipe whose `evaluate` section sets the protocol.")] = "recipes/quickstart.yaml",
+    recipe: Annotated[str, Field(description="Recipe whose evaluate stage sets the protocol.")] = "recipes/quickstart.yaml",
     aliases: Annotated[list[str], Field(description="Aliases to evaluate.")] = ["champion", "challenger"],  # noqa: B006
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],  # noqa: B006
 ):
@@ -31,7 +31,7 @@ def nightly_eval(
 
     Args:
         model_name: Registered model whose aliases are evaluated.
-        recipe: Recipe whose `evaluate` section sets benchmarks, k and sampling.
+        recipe: Recipe whose evaluate stage sets benchmarks, k and sampling.
         aliases: Aliases to evaluate (default champion and challenger).
         overrides: key=value recipe overrides, e.g. evaluate.limit=50.
     """
@@ -40,8 +40,9 @@ def nightly_eval(
     results = {}
     for alias in aliases:
         uri = f"models:/{model_name}@{alias}"
+        ev, stage = evaluation_recipe(cfg, uri)
         results[alias] = tasks.evaluate.with_options(refresh_cache=True, task_run_name=f"evaluate-{alias}")(
-            cfg.to_json(), None, uri)
+            ev.to_json(), stage, None, {"model": uri})
     text, regressed = report(model_name, results)
     create_markdown_artifact(key=f"nightly-eval-{model_name}".lower().replace("_", "-"), markdown=text,
                              description=f"Nightly evaluation of {model_name}")

@@ -1,7 +1,8 @@
-"""Flow ``r1-pipeline``: the whole R1 recipe, one task per stage, one MLflow parent run.
+"""Flow ``r1-pipeline``: a recipe's stage graph, one Prefect task per stage, one MLflow parent run.
 
-curate -> grpo -> rejection sampling (teacher: the GRPO policy by default) -> sft (student:
-the base model by default) -> evaluate -> register.
+The recipe's ``stages`` decide what runs and what feeds what (:mod:`r1core.graph`); stages whose
+inputs are ready run together, up to the recipe's ``concurrency``. The quickstart graph is
+curate -> grpo -> rejection sampling -> sft -> evaluate -> register.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 import tasks  # noqa: E402
-from r1core import stages, summary  # noqa: E402
+from r1core import graph, stages, summary  # noqa: E402
 from r1core.config import load_recipe  # noqa: E402
 
 
@@ -28,15 +29,15 @@ def r1_pipeline(
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. grpo.max_steps=2")] = [],
     fresh: Annotated[bool, Field(description="Re-run every stage even when a cached result exists.")] = False,
 ) -> dict:
-    """Run the R1 recipe end to end and return every stage's outputs (run ids, URIs, metrics).
+    """Run a recipe's stages in dependency order and return every stage's outputs (run ids, URIs, metrics).
 
     Args:
         recipe: Path of the recipe YAML, relative to the project (see recipes/).
-        overrides: key=value recipe overrides, e.g. grpo.max_steps=2.
+        overrides: key=value recipe overrides, e.g. grpo.max_steps=2 (grpo names a stage).
         fresh: Re-run every stage even when a cached result exists.
     """
     log = get_run_logger()
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(recipe, overrides)  # the stage graph is checked here
     stages.validate(cfg)  # bad data/model/reward names fail here, before any training
     rj = cfg.to_json()
     opts = {"refresh_cache": True} if fresh else {}
@@ -44,19 +45,26 @@ def r1_pipeline(
     log.info("MLflow parent run %s (experiment %s)", parent, cfg.experiment_name)
 
     out: dict[str, dict] = {"base": tasks.base_model(rj)}
-    out["curate"] = tasks.curate.with_options(**opts)(rj, parent)
-    out["grpo"] = tasks.grpo.with_options(**opts)(rj, parent, out["curate"]["dataset_uri"], out["base"])
-    teacher = stages.model_ref(cfg.rejection_sampling.teacher, out)
-    out["rejection_sampling"] = tasks.rejection_sampling.with_options(**opts)(
-        rj, parent, out["curate"]["dataset_uri"], teacher)
-    student = stages.model_ref(cfg.sft.student, out)
-    out["sft"] = {**tasks.sft.with_options(**opts)(rj, parent, out["rejection_sampling"]["dataset_uri"], student),
-                  "student": student}
-    out["evaluate"] = tasks.evaluate.with_options(**opts)(rj, parent, stages.model_ref(cfg.evaluate.model, out))
-    out["register"] = tasks.register(rj, parent, out)
+    for wave in graph.waves(cfg):
+        for i in range(0, len(wave), cfg.concurrency):
+            batch = wave[i : i + cfg.concurrency]
+            futures = {name: _submit(cfg, rj, name, parent, out, opts) for name in batch}
+            out.update({name: f.result() for name, f in futures.items()})
+        log.info("stages done: %s", ", ".join(wave))
 
-    summary.finish_pipeline(parent, out)
+    summary.finish_pipeline(cfg, parent, out)
     table = summary.markdown(cfg, parent, out)
     create_markdown_artifact(key=f"r1-pipeline-{cfg.name}".lower().replace("_", "-"), markdown=table,
                              description="R1 pipeline summary")
     return {"parent_run_id": parent, **out}
+
+
+def _submit(cfg, recipe_json: str, name: str, parent: str, out: dict, opts: dict):
+    """Submit stage ``name``'s task with its inputs resolved from the outputs so far."""
+    stage = cfg.stages[name]
+    inputs = graph.resolve_inputs(cfg, name, out)
+    if stage.type == "register":  # the registered version is tagged with everything upstream
+        inputs["lineage"] = {s: out[s] for s in ["base", *graph.ancestors(cfg, name)]}
+    task = tasks.STAGE_TASKS[stage.type]
+    task_opts = {**opts} if stage.type != "register" else {}
+    return task.with_options(task_run_name=name, **task_opts).submit(recipe_json, name, parent, inputs)

@@ -23,7 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe as tracked Prefect flows.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pipeline", help="run the whole R1 pipeline (curate, grpo, rejection sampling, sft, evaluate, register)")
+    p = sub.add_parser("pipeline", help="run a recipe's stages (e.g. curate, grpo, rejection sampling, sft, evaluate, register)")
     _common(p)
     p.add_argument("--fresh", action="store_true", help="re-run every stage even if a cached result exists")
     e = sub.add_parser("eval", help="evaluate a model with the R1 protocol")
@@ -91,22 +91,18 @@ def _pipeline(args) -> int:
 
 
 def _eval(args) -> int:
-    from r1core.config import load_recipe
+    from r1core.config import evaluation_recipe, load_recipe
 
-    overrides = list(args.overrides)
-    if args.benchmarks:
-        overrides.append(f"evaluate.benchmarks=[{args.benchmarks}]")
-    for flag, key in [("num_samples", "num_samples"), ("limit", "limit"), ("max_new_tokens", "max_new_tokens")]:
-        if getattr(args, flag) is not None:
-            overrides.append(f"evaluate.{key}={getattr(args, flag)}")
-    if args.budgets:
-        overrides.append(f"evaluate.budget_forcing.max_thinking_tokens=[{args.budgets}]")
-    if args.num_waits is not None:
-        overrides.append(f"evaluate.budget_forcing.num_waits={args.num_waits}")
-    recipe = load_recipe(args.recipe, overrides)
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    recipe = load_recipe(args.recipe, args.overrides)
+    model = args.model or recipe.model
+    params = dict(benchmarks=args.benchmarks.split(",") if args.benchmarks else None, num_samples=args.num_samples,
+                  limit=args.limit, max_new_tokens=args.max_new_tokens, budgets=budgets, num_waits=args.num_waits)
+    settings = {k: v for k, v in params.items() if v is not None and k not in ("budgets", "num_waits")}
+    evaluation_recipe(recipe, model, None, settings)  # bad settings fail here, before Prefect starts
     from flows.evaluate import evaluate
 
-    out = evaluate(model=args.model or recipe.model, recipe=args.recipe, overrides=overrides)
+    out = evaluate(model=model, recipe=args.recipe, overrides=args.overrides, **params)
     for k, v in sorted(out["metrics"].items()):
         print(f"{k:40s} {v:.4f}")
     print(f"MLflow run: {out['run_id']}")

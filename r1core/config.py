@@ -1,24 +1,33 @@
-"""Recipes: one YAML file per experiment (model, data, stage settings), validated up front.
+"""Recipes: one YAML file per experiment (model, seed, and a graph of stages), validated up front.
 
 A recipe is parsed into :class:`Recipe` (pydantic, unknown keys rejected), so a typo fails
 with the key's dotted path before any model is loaded. ``--set key=value`` overrides use dotted
-paths (``grpo.max_steps=2``); values are parsed as YAML (``2`` is an int, ``[a, b]`` a list).
+paths (``stages.grpo.max_steps=2``, or ``grpo.max_steps=2`` for short when ``grpo`` names a
+stage); values are parsed as YAML (``2`` is an int, ``[a, b]`` a list).
 
-Stage inputs refer to other stages' outputs by name: a model field may be ``base`` (the
-recipe's ``model``), ``grpo`` (the GRPO stage's model), ``sft`` (the student), or any model
-reference (see :mod:`r1core.models`).
+``stages`` maps stage names to their settings; each has a ``type`` (curate, grpo,
+rejection_sampling, sft, evaluate, register; default: the stage's name). A stage's inputs name
+what feeds it: ``base`` (the recipe's ``model``), ``<stage>.output`` (another stage's model,
+data set or evaluation), or for models any model reference (see :mod:`r1core.models`). The
+graph these references make is checked before anything runs (:mod:`r1core.graph`)::
+
+    stages:
+      curate: {dataset: gsm8k:train}
+      sft_coldstart: {type: sft, data: curate.output, student: base}
+      grpo: {data: curate.output, model: sft_coldstart.output}
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-STAGES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")  # "register" is configured by the `registry` section
+STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")
 
 
 class RecipeError(ValueError):
@@ -29,10 +38,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Stage(_Section):
+    """A stage's settings. ``INPUTS`` maps each input field to what it takes: ``model``,
+    ``dataset`` or ``evaluation`` (see :mod:`r1core.graph`)."""
+
+    INPUTS: ClassVar[dict[str, str]] = {}
+    OUTPUT: ClassVar[str] = ""
+
+    def input_refs(self) -> dict[str, tuple[str, str]]:
+        """``{input key: (reference, kind)}`` for the inputs this stage reads."""
+        return {k: (getattr(self, k), kind) for k, kind in self.INPUTS.items() if getattr(self, k) is not None}
+
+
 class PassRateFilter(_Section):
     """Difficulty by pass rate: k samples per problem from a reference model."""
 
-    model: str = Field("base", description="Reference model: base, or a model reference.")
+    model: str = Field("base", description="Reference model: base, <stage>.output, or a model reference.")
     num_samples: int = Field(4, ge=1, description="k samples per problem.")
     min_pass_rate: float = Field(0.0, ge=0, le=1)
     max_pass_rate: float = Field(0.75, ge=0, le=1)
@@ -40,8 +61,11 @@ class PassRateFilter(_Section):
     candidates: int = Field(256, ge=1, description="Problems scored (the filter's cost is k x candidates samples).")
 
 
-class CurateConfig(_Section):
-    """Curation: load, normalise, deduplicate, decontaminate, sample."""
+class CurateConfig(_Stage):
+    """Curation: load, normalise, deduplicate, decontaminate, sample. Output: a data set."""
+
+    OUTPUT: ClassVar[str] = "dataset"
+    type: Literal["curate"] = "curate"
 
     dataset: str = Field("gsm8k:train", description="Catalog name[:split] of the training set.")
     num_problems: int = Field(64, ge=1, description="Problems kept after filtering (a seeded sample).")
@@ -56,11 +80,19 @@ class CurateConfig(_Section):
         None, description="Sample evenly across this column instead of uniformly.")
     pass_rate: PassRateFilter | None = Field(None, description="Keep problems a reference model solves at a rate in a band.")
 
+    def input_refs(self) -> dict[str, tuple[str, str]]:
+        return {"reference_model": (self.pass_rate.model, "model")} if self.pass_rate else {}
 
-class GRPOStageConfig(_Section):
-    """GRPO (R1-Zero when run on a base model). Keys of ``args`` go to TRL's ``GRPOConfig`` as is."""
 
-    model: str = Field("base", description="Policy to start from: base, or a model reference.")
+class GRPOStageConfig(_Stage):
+    """GRPO (R1-Zero when run on a base model). Keys of ``args`` go to TRL's ``GRPOConfig`` as is.
+    Output: the policy (a model)."""
+
+    INPUTS: ClassVar[dict[str, str]] = {"data": "dataset", "model": "model"}
+    OUTPUT: ClassVar[str] = "model"
+    type: Literal["grpo"] = "grpo"
+    data: str = Field("curate.output", description="Prompts: <stage>.output of a curate stage.")
+    model: str = Field("base", description="Policy to start from: base, <stage>.output, or a model reference.")
     rewards: dict[str, float] = Field(
         default_factory=lambda: {"accuracy": 1.0, "format": 0.5, "tag_count": 0.5},
         description="Reward name -> weight (names from r1core.rewards.REGISTRY).",
@@ -84,10 +116,15 @@ class GRPOStageConfig(_Section):
     stop_strings: list[str] = Field(default_factory=list, description='End completions after these strings, e.g. ["</answer>"].')
 
 
-class RejectionSamplingConfig(_Section):
-    """Rejection sampling: a teacher samples k completions per problem; verified ones are kept."""
+class RejectionSamplingConfig(_Stage):
+    """Rejection sampling: a teacher samples k completions per problem; verified ones are kept.
+    Output: a data set of SFT traces."""
 
-    teacher: str = Field("grpo", description="grpo, base, sft, or a model reference.")
+    INPUTS: ClassVar[dict[str, str]] = {"data": "dataset", "teacher": "model"}
+    OUTPUT: ClassVar[str] = "dataset"
+    type: Literal["rejection_sampling"] = "rejection_sampling"
+    data: str = Field("curate.output", description="Problems: <stage>.output of a curate stage.")
+    teacher: str = Field("grpo.output", description="base, <stage>.output, or a model reference.")
     num_problems: int = Field(32, ge=1, description="Problems taken from the curated set.")
     num_samples: int = Field(4, ge=1, description="k: completions sampled per problem.")
     max_new_tokens: int = Field(192, ge=1)
@@ -104,10 +141,18 @@ class RejectionSamplingConfig(_Section):
     batch_size: int = Field(16, ge=1)
 
 
-class SFTStageConfig(_Section):
-    """Student SFT on the kept traces (TRL's SFTTrainer). ``args`` go to ``SFTConfig`` as is."""
+class SFTStageConfig(_Stage):
+    """SFT (TRL's SFTTrainer) on traces: a rejection-sampling stage's output (distillation), or a
+    curated set's worked solutions written as traces (R1's cold start, section 2.3.1).
+    ``args`` go to ``SFTConfig`` as is. Output: the fine-tuned model."""
 
-    student: str = Field("base", description="Model to fine-tune: base, or a model reference.")
+    INPUTS: ClassVar[dict[str, str]] = {"data": "dataset", "student": "model"}
+    OUTPUT: ClassVar[str] = "model"
+    type: Literal["sft"] = "sft"
+    data: str = Field("rejection_sampling.output", description="Traces, or curated problems with worked solutions.")
+    student: str = Field("base", description="Model to fine-tune: base, <stage>.output, or a model reference.")
+    prompt_template: Literal["r1_zero", "r1_eval"] = Field(
+        "r1_zero", description="Template worked solutions are written in when ``data`` holds problems, not traces.")
     max_steps: int = Field(8, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     per_device_train_batch_size: int = Field(4, ge=1)
@@ -131,10 +176,14 @@ class BudgetForcingConfig(_Section):
         return sorted(set(v))
 
 
-class EvaluateConfig(_Section):
-    """Evaluation with R1's protocol: k samples at T=0.6, top-p 0.95; pass@1 averaged over k."""
+class EvaluateConfig(_Stage):
+    """Evaluation with R1's protocol: k samples at T=0.6, top-p 0.95; pass@1 averaged over k.
+    Output: the metrics."""
 
-    model: str = Field("sft", description="Model to evaluate: sft, grpo, base, or a model reference.")
+    INPUTS: ClassVar[dict[str, str]] = {"model": "model"}
+    OUTPUT: ClassVar[str] = "evaluation"
+    type: Literal["evaluate"] = "evaluate"
+    model: str = Field("sft.output", description="Model to evaluate: base, <stage>.output, or a model reference.")
     benchmarks: list[str] = Field(default_factory=lambda: ["math500", "aime24"])
     limit: int | None = Field(8, ge=1, description="First N problems of each benchmark (None: all).")
     num_samples: int = Field(2, ge=1, description="k samples per problem.")
@@ -147,28 +196,38 @@ class EvaluateConfig(_Section):
         None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
 
 
-class RegisterConfig(_Section):
-    """Registry: the student becomes a model version; ``challenger`` always, ``champion`` by the gate."""
+class RegisterConfig(_Stage):
+    """Registry: the model becomes a model version; ``challenger`` always, ``champion`` by the gate."""
+
+    INPUTS: ClassVar[dict[str, str]] = {"model": "model", "evaluation": "evaluation"}
+    OUTPUT: ClassVar[str] = "registration"
+    type: Literal["register"] = "register"
+    model: str = Field("sft.output", description="Model to register: <stage>.output, or a model reference.")
+    evaluation: str = Field("evaluate.output", description="Evaluate stage whose metrics the gate reads.")
 
     model_name: str = Field("r1-student", description="Registered model name.")
     gate_metric: str = Field("math500/pass@1", description="Metric the champion gate compares.")
     min_margin: float = Field(0.0, description="Challenger must beat the champion by more than this.")
 
 
+StageConfig = Annotated[
+    Union[CurateConfig, GRPOStageConfig, RejectionSamplingConfig, SFTStageConfig, EvaluateConfig, RegisterConfig],
+    Field(discriminator="type"),
+]
+_STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
 class Recipe(_Section):
-    """One experiment: the base model, the data and every stage's settings."""
+    """One experiment: the base model, the seed, and the graph of stages (run in dependency order)."""
 
     name: str
     description: str = ""
     experiment: str | None = Field(None, description="MLflow experiment (default: r1-<name>).")
-    model: str = Field("smollm2-135m-instruct", description="Base model reference.")
+    model: str = Field("smollm2-135m-instruct", description="Base model reference (the input ``base``).")
     seed: int = 42
-    curate: CurateConfig = CurateConfig()
-    grpo: GRPOStageConfig = GRPOStageConfig()
-    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
-    sft: SFTStageConfig = SFTStageConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    registry: RegisterConfig = RegisterConfig()
+    concurrency: int = Field(1, ge=1, description="Stages run at once when the graph has independent ones "
+                             "(1 on a small CPU; more where there are devices for them).")
+    stages: dict[str, StageConfig] = Field(description="Stage name -> settings, with a ``type`` (default: the name).")
 
     @field_validator("name")
     @classmethod
@@ -177,9 +236,23 @@ class Recipe(_Section):
             raise ValueError("use letters, digits, '-', '_' and '.'")
         return v
 
+    @field_validator("stages")
+    @classmethod
+    def _stage_names(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("list at least one stage")
+        for name in v:
+            if name == "base" or not _STAGE_NAME.match(name):
+                raise ValueError(f"stage name {name!r}: use a letter then letters, digits, '_' or '-' (not 'base')")
+        return v
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or f"r1-{self.name}"
+
+    def stages_of_type(self, type_: str) -> list[str]:
+        """Names of the stages of one type, in recipe order."""
+        return [n for n, s in self.stages.items() if s.type == type_]
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): what caches and lineage tags hash."""
@@ -207,10 +280,36 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return out
 
 
+def _override_path(data: dict, key: str) -> str:
+    """``grpo.max_steps`` -> ``stages.grpo.max_steps`` when ``grpo`` names a stage, not a recipe key."""
+    head = key.split(".", 1)[0]
+    if head not in Recipe.model_fields and head in (data.get("stages") or {}):
+        return f"stages.{key}"
+    return key
+
+
+def _default_types(data: dict, source: str) -> None:
+    """Give each stage without a ``type`` its name as type (``grpo: {...}`` is a grpo stage)."""
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return
+    for name, section in list(stages.items()):
+        section = {} if section is None else section
+        if isinstance(section, dict) and "type" not in section:
+            if name not in STAGE_TYPES:
+                raise RecipeError(f"Recipe {source} is invalid:\n  stages.{name}: give the stage a type "
+                                  f"(one of {', '.join(STAGE_TYPES)}), e.g. `type: sft`.")
+            section = {"type": name, **section}
+        stages[name] = section
+
+
 def _format_validation(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = list(e["loc"])
+        if len(loc) > 2 and loc[0] == "stages" and loc[2] in STAGE_TYPES:
+            del loc[2]  # pydantic names the union member; the stage name says enough
+        loc = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key (check its spelling against recipes/quickstart.yaml)")
         else:
@@ -222,15 +321,21 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None, source: str
     """Validate a recipe given as a dict, applying ``key=value`` overrides first.
 
     Raises:
-        RecipeError: unknown keys, bad values or malformed overrides, each named by dotted path.
+        RecipeError: unknown keys, bad values or malformed overrides, each named by dotted path;
+            a stage graph with an unknown stage, a cycle or an input of the wrong kind.
     """
+    from r1core.graph import check_graph
+
     data = json.loads(json.dumps(data))  # deep copy
     for key, value in parse_overrides(overrides):
-        _set_dotted(data, key, value)
+        _set_dotted(data, _override_path(data, key), value)
+    _default_types(data, source)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise RecipeError(_format_validation(err, source)) from None
+    check_graph(recipe, source)
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -248,6 +353,31 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"Recipe {path} must be a YAML mapping of keys to values.")
     data.setdefault("name", path.stem)
     return recipe_from_dict(data, overrides, source=str(path))
+
+
+def evaluation_recipe(recipe: Recipe, model: str, stage: str | None = None,
+                      settings: dict[str, Any] | None = None) -> tuple[Recipe, str]:
+    """A one-stage recipe that evaluates ``model`` with ``recipe``'s evaluation protocol.
+
+    The protocol is stage ``stage``'s, else the stage named ``evaluate``, else the recipe's last
+    evaluate stage, else the defaults; ``settings`` (e.g. ``{"limit": 50}``) override its keys
+    (``budget_forcing`` is merged key by key). Returns ``(recipe, stage name)``.
+
+    Raises:
+        RecipeError: ``stage`` is not an evaluate stage of the recipe, or a setting is invalid.
+    """
+    evals = recipe.stages_of_type("evaluate")
+    if stage is not None and stage not in evals:
+        raise RecipeError(f"{stage!r} is not an evaluate stage of recipe {recipe.name} (its evaluate stages: "
+                          f"{', '.join(evals) or 'none'}).")
+    name = stage or ("evaluate" if "evaluate" in evals else (evals[-1] if evals else "evaluate"))
+    section = recipe.stages[name].model_dump(mode="json") if name in recipe.stages else {"type": "evaluate"}
+    settings = dict(settings or {})
+    if "budget_forcing" in settings:
+        settings["budget_forcing"] = {**(section.get("budget_forcing") or {}), **settings["budget_forcing"]}
+    data = recipe.model_dump(mode="json")
+    data["stages"] = {name: {**section, **settings, "model": model}}
+    return recipe_from_dict(data, source=f"{recipe.name} (evaluation of {model})"), name
 
 
 def trl_config(config_cls, section: str, defaults: dict[str, Any], extra: dict[str, Any], *,

@@ -18,20 +18,23 @@ from r1core.config import Recipe
 from r1core.stage_utils import finite, progress, sha, work_dir
 
 
-def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[str, Any]:
-    """R1-protocol evaluation on the recipe's benchmarks; metrics attach to the model (``model_id``)."""
+def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str) -> dict[str, Any]:
+    """R1-protocol evaluation of ``model`` (a model URI or reference) on stage ``name``'s
+    benchmarks; metrics attach to the model's LoggedModel (``model_id``). With no
+    ``parent_run_id`` the evaluation is a run of its own (the ``evaluate`` flow)."""
     from r1core.evaluation import evaluate_benchmark
     from r1core.generation import SamplingParams
 
-    cfg = recipe.evaluate
+    cfg, model_uri = recipe.stages[name], model
     model_id = logged_model_id(model_uri)
-    ctx = tracking.stage_run(parent_run_id, "evaluate") if parent_run_id else _standalone_run(recipe, "evaluate")
+    tags = {"r1.stage_type": "evaluate"}
+    ctx = tracking.stage_run(parent_run_id, name, tags=tags) if parent_run_id else _standalone_run(recipe, name)
     canonical = canonical_model_uri(model_uri)
     with ctx as run:
         mlflow.set_tags({"r1.evaluated_model": model_uri, "r1.evaluated_model_canonical": canonical})
         mlflow.log_params({f"evaluate.{k}": (",".join(v) if isinstance(v, list) else v)
-                           for k, v in cfg.model_dump().items()})
-        model, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
+                           for k, v in cfg.model_dump().items() if k not in ("type", "model")})
+        lm, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=recipe.seed)
         all_metrics: dict[str, float] = {}
@@ -42,11 +45,11 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
             if cfg.limit:
                 problems = problems.head(cfg.limit)
             dataset = tracking.pandas_dataset(problems, data.source_uri(spec), name, "answer")
-            mlflow.log_input(dataset, context="evaluation")
+            tracking.log_input(dataset, "evaluation")
             t0 = time.perf_counter()
-            key = sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), recipe.seed], sort_keys=True))
+            key = sha(json.dumps([canonical, spec, _protocol(cfg), recipe.seed], sort_keys=True))
             results_path = work_dir("eval") / f"{name}-{key}.jsonl"
-            metrics, samples = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
+            metrics, samples = evaluate_benchmark(lm, tok, problems, k=cfg.num_samples, params=params,
                                                   template=cfg.prompt_template, batch_size=cfg.batch_size,
                                                   results_path=results_path, progress=progress(f"evaluate/{name}"))
             metrics["seconds"] = time.perf_counter() - t0
@@ -56,14 +59,19 @@ def evaluate(recipe: Recipe, parent_run_id: str | None, model_uri: str) -> dict[
                                f"samples/{name}.json")
             all_metrics.update(prefixed)
         if cfg.budget_forcing is not None:
-            all_metrics.update(_budget_sweep(recipe, model, tok, params, canonical))
+            all_metrics.update(_budget_sweep(recipe, cfg, lm, tok, params, canonical))
         comparison = _compare_with_previous(run, model_uri, all_metrics)
         return {"run_id": run.info.run_id, "model_uri": model_uri, "canonical_model_uri": canonical,
                 "metrics": all_metrics, "previous_run_id": comparison.baseline_run_id,
                 "deltas": comparison.deltas, "regressions": comparison.regressions}
 
 
-def _budget_sweep(recipe: Recipe, model, tok, params, canonical: str) -> dict[str, float]:
+def _protocol(cfg) -> dict:
+    """The settings that decide an evaluation's samples (not which stage asked for it)."""
+    return cfg.model_dump(mode="json", exclude={"type", "model"})
+
+
+def _budget_sweep(recipe: Recipe, cfg, model, tok, params, canonical: str) -> dict[str, float]:
     """s1 budget forcing at each thinking budget: metrics ``<bench>/budget/<N>/pass@1``, a table
     ``budget_forcing/results.json`` and the plot ``budget_forcing/accuracy_vs_budget.png``."""
     import functools
@@ -76,7 +84,7 @@ def _budget_sweep(recipe: Recipe, model, tok, params, canonical: str) -> dict[st
     from r1core.budget import budget_forced_generate
     from r1core.evaluation import evaluate_benchmark
 
-    cfg, bf = recipe.evaluate, recipe.evaluate.budget_forcing
+    bf = cfg.budget_forcing
     rows, metrics = [], {}
     for spec in cfg.benchmarks:
         name, _ = data.parse_spec(spec)
@@ -85,7 +93,7 @@ def _budget_sweep(recipe: Recipe, model, tok, params, canonical: str) -> dict[st
         for budget in bf.max_thinking_tokens:
             fn = functools.partial(budget_forced_generate, max_thinking_tokens=budget, num_waits=bf.num_waits,
                                    answer_tokens=bf.answer_tokens)
-            key = sha(json.dumps([canonical, spec, cfg.model_dump(mode="json"), budget, recipe.seed], sort_keys=True))
+            key = sha(json.dumps([canonical, spec, _protocol(cfg), budget, recipe.seed], sort_keys=True))
             m, _ = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
                                       template=cfg.prompt_template, batch_size=cfg.batch_size,
                                       results_path=work_dir("eval") / f"{name}-budget{budget}-{key}.jsonl",
@@ -162,4 +170,4 @@ def _standalone_run(recipe: Recipe, name: str):
     exp_id = tracking.setup(recipe.experiment_name)
     return mlflow.start_run(experiment_id=exp_id, run_name=name,
                             tags={**tracking.environment_tags(), tracking.TAG_STAGE: name,
-                                  tracking.TAG_RECIPE: recipe.name})
+                                  "r1.stage_type": "evaluate", tracking.TAG_RECIPE: recipe.name})

@@ -28,12 +28,14 @@ class LaunchSpec:
         dataset_uri: the curated problems (``runs:/...`` or a path).
         model_ref: the policy to start from (any model reference).
         output_dir: where the policy and ``summary.json`` are written.
+        stage: the GRPO stage's name in ``recipe.stages``.
     """
 
     recipe_json: str
     dataset_uri: str
     model_ref: str
     output_dir: str
+    stage: str = "grpo"
 
 
 def build_command(spec_path: str, *, accelerate_config: str | None, num_processes: int,
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe.model_validate_json(spec.recipe_json)
     rows = tracking.read_dataset(spec.dataset_uri)
     model, tok = models.load_model_and_tokenizer(spec.model_ref)
-    summary = train_grpo(model, tok, rows, recipe.grpo, spec.output_dir, seed=recipe.seed)
+    summary = train_grpo(model, tok, rows, recipe.stages[spec.stage], spec.output_dir, seed=recipe.seed)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(spec.output_dir, "summary.json").write_text(json.dumps(summary))
 

@@ -93,28 +93,35 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 def default_model_dir() -> Path:
     """The cached Hugging Face checkpoint of the default model, converted on first use."""
+    from filelock import FileLock
+
     out = cache_dir("models") / DEFAULT_MODEL
-    if not (out / "config.json").is_file():
-        logger.info("Converting %s from its GGUF (once, ~20 s)...", DEFAULT_MODEL)
-        convert_gguf(_smollm2_gguf(), out)
+    with FileLock(f"{out}.lock"):  # concurrent stages (threads or processes) convert once
+        if not (out / "config.json").is_file():
+            logger.info("Converting %s from its GGUF (once, ~20 s)...", DEFAULT_MODEL)
+            convert_gguf(_smollm2_gguf(), out)
     return out
 
 
 def _download_mlflow_model(uri: str) -> Path:
     """Download an MLflow transformers model once; return the folder holding config + tokenizer."""
     import mlflow
+    from filelock import FileLock
 
+    if uri.startswith("models:/") and "@" in uri:  # aliases move: cache the version it names now
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        uri = f"models:/{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
     key = re.sub(r"[^\w.\-]+", "_", uri)
     out = cache_dir("mlflow-models") / key
-    # Aliases move, so models:/name@alias is re-resolved each time; ids and versions are immutable.
-    if "@" in uri or uri.endswith("/latest"):
-        shutil.rmtree(out, ignore_errors=True)
-    if not out.is_dir():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-        tmp.rename(out)
+    with FileLock(f"{out}.lock"):  # concurrent stages (threads or processes) download once
+        if uri.endswith("/latest"):
+            shutil.rmtree(out, ignore_errors=True)
+        if not out.is_dir():
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            tmp.rename(out)
     return checkpoint_in_mlflow_model(out)
 
 

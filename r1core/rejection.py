@@ -33,6 +33,7 @@ from r1core.verify import verify_batch
 
 logger = logging.getLogger(__name__)
 REJECTION_REASONS = ("truncated", "too_long", "format", "incorrect", "duplicate", "not_shortest")
+TRACE_COLUMNS = ["id", "source", "answer", "origin", "num_tokens", "prompt", "completion"]
 
 
 def reference_response(solution: str, answer: str, template: str) -> str:
@@ -45,6 +46,27 @@ def reference_response(solution: str, answer: str, template: str) -> str:
     if template == "r1_zero":
         return f"<think>\n{solution}\n</think>\n<answer>{answer}</answer>"
     return f"<think>\n{solution}\n</think>\n\nThe final answer is $\\boxed{{{answer}}}$."
+
+
+def reference_traces(problems: pd.DataFrame, template: str, tokenizer) -> tuple[pd.DataFrame, dict]:
+    """SFT traces from the data set's worked solutions (R1's cold-start data, section 2.3.1):
+    each ``solution`` written in ``template``'s format (:func:`reference_response`), kept only if
+    its answer verifies against the gold ``answer``.
+
+    Returns:
+        ``(traces, stats)``: traces in the format of :func:`rejection_sample`'s ``kept``
+        (``origin=reference``, ``num_tokens`` in tokens); stats ``num_problems``,
+        ``without_solution``, ``not_verified``, ``num_kept``.
+    """
+    rows = [r for _, r in problems.iterrows()]
+    with_solution = [r for r in rows if str(r.get("solution") or "").strip()]
+    responses = [reference_response(str(r["solution"]), str(r["answer"]), template) for r in with_solution]
+    verdicts = verify_batch(responses, [str(r["answer"]) for r in with_solution])
+    kept = [_trace(r, resp, len(tokenizer(resp, add_special_tokens=False)["input_ids"]), "reference", template)
+            for r, resp, v in zip(with_solution, responses, verdicts) if v.correct]
+    stats = {"num_problems": len(rows), "without_solution": len(rows) - len(with_solution),
+             "not_verified": len(with_solution) - len(kept), "num_kept": len(kept)}
+    return pd.DataFrame(kept, columns=TRACE_COLUMNS), stats
 
 
 def rejection_sample(model, tokenizer, problems: pd.DataFrame, cfg, *, seed: int = 0,
@@ -113,14 +135,10 @@ def rejection_sample(model, tokenizer, problems: pd.DataFrame, cfg, *, seed: int
     n_reference = 0
     if cfg.fallback == "reference":
         covered = {r["id"] for r in kept_rows}
-        missing = [by_id[i] for i in rows["id"] if i not in covered and str(by_id[i].get("solution") or "").strip()]
-        refs = [reference_response(str(r["solution"]), str(r["answer"]), cfg.prompt_template) for r in missing]
-        for r, resp, v in zip(missing, refs, verify_batch(refs, [str(r["answer"]) for r in missing])):
-            if v.correct:
-                kept_rows.append(_trace(r, resp, len(tokenizer(resp, add_special_tokens=False)["input_ids"]),
-                                        "reference", cfg.prompt_template))
-                n_reference += 1
-    kept = pd.DataFrame(kept_rows, columns=["id", "source", "answer", "origin", "num_tokens", "prompt", "completion"])
+        references, _ = reference_traces(rows[~rows["id"].isin(covered)], cfg.prompt_template, tokenizer)
+        kept_rows += references.to_dict("records")
+        n_reference = len(references)
+    kept = pd.DataFrame(kept_rows, columns=TRACE_COLUMNS)
     reasons = Counter(samples["reason"]) if len(samples) else Counter()
     n_teacher = len(kept) - n_reference
     stats = {"num_problems": len(rows), "num_samples": len(samples), "num_kept": len(kept),

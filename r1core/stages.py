@@ -1,15 +1,16 @@
 """The pipeline's stages as plain functions: each opens its MLflow child run, reads its inputs
-by URI, runs one step of the recipe, logs its outputs and returns small values (URIs, ids, metrics).
+by URI, runs one stage of the recipe, logs its outputs and returns small values (URIs, ids, metrics).
 
-These are what ``tasks/`` wraps; they never import Prefect, so a notebook can call them directly::
+Every stage function is ``fn(recipe, name, parent_run_id, **inputs)``: ``name`` is the stage's
+key in ``recipe.stages`` (its settings, and its MLflow run's name), and ``inputs`` are the
+stage's input fields resolved to URIs by :func:`r1core.graph.resolve_inputs`. These are what
+``tasks/`` wraps; they never import Prefect, so a notebook can call them directly::
 
     parent = start_pipeline(recipe)
-    cur = curate(recipe, parent)
-    pol = grpo(recipe, parent, cur["dataset_uri"])
+    base = base_model(recipe)
+    cur = curate(recipe, "curate", parent)
+    pol = grpo(recipe, "grpo", parent, data=cur["dataset_uri"], model=base["model_uri"])
     ...
-
-Model references in a recipe (``base``, ``grpo``, ``sft`` or any reference) are resolved by
-:func:`model_ref` from the results of earlier stages.
 """
 
 from __future__ import annotations
@@ -35,38 +36,35 @@ logger = logging.getLogger(__name__)
 
 TAG_BASE_REF = "r1.base_ref"
 TAG_MODEL_ROLE = "r1.model_role"
-
-
-
-
-
-
+TAG_STAGE_TYPE = "r1.stage_type"
 
 
 def validate(recipe: Recipe) -> None:
-    """Check everything that can be checked before expensive work: data sets, models, rewards.
+    """Check everything that can be checked before expensive work: data sets, models, rewards
+    (the stage graph itself is checked when the recipe loads, :func:`r1core.graph.check_graph`).
 
     Raises:
         r1core.data.DataError, r1core.models.ModelNotFoundError, ValueError: with the fix.
     """
+    from r1core.graph import upstream
     from r1core.rewards import get_rewards
 
-    data.check_available(recipe.curate.dataset)
-    for spec in [*recipe.curate.decontaminate, *recipe.evaluate.benchmarks]:
-        data.check_available(spec)
-    get_rewards(recipe.grpo.rewards, recipe.grpo.reward_args)
-    for ref in [recipe.model, recipe.grpo.model, recipe.rejection_sampling.teacher, recipe.sft.student,
-                recipe.evaluate.model]:
-        if ref not in {"base", "grpo", "sft"}:
-            resolved = models.resolve_model(ref)  # raises ModelNotFoundError with the fix
-            if resolved.is_hub and data.data_dir() is not None:
-                logger.info("model %s will be read from the hub", ref)
-    order = {"base": 0, "grpo": 1, "sft": 2}
-    for stage, ref, limit in [("grpo.model", recipe.grpo.model, 0), ("rejection_sampling.teacher",
-                              recipe.rejection_sampling.teacher, 1), ("sft.student", recipe.sft.student, 1)]:
-        if ref in order and order[ref] > limit:
-            raise ValueError(f"{stage}={ref!r} refers to a stage that runs later; use one of "
-                             f"{[k for k, v in order.items() if v <= limit]} or a model reference.")
+    refs = [recipe.model]
+    for name, st in recipe.stages.items():
+        if st.type == "curate":
+            for spec in [st.dataset, *st.decontaminate]:
+                data.check_available(spec)
+        elif st.type == "evaluate":
+            for spec in st.benchmarks:
+                data.check_available(spec)
+        elif st.type == "grpo":
+            get_rewards(st.rewards, st.reward_args)
+        refs += [ref for ref, kind in st.input_refs().values()
+                 if kind == "model" and ref != "base" and upstream(ref) is None]
+    for ref in refs:
+        resolved = models.resolve_model(ref)  # raises ModelNotFoundError with the fix
+        if resolved.is_hub and data.data_dir() is not None:
+            logger.info("model %s will be read from the hub", ref)
 
 
 def start_pipeline(recipe: Recipe, flow_run_id: str | None = None, flow_run_url: str | None = None) -> str:
@@ -112,24 +110,23 @@ def _slug(ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(ref).name if Path(ref).exists() else ref).strip("-")[:60] or "model"
 
 
-def model_ref(ref: str, outputs: dict[str, dict]) -> str:
-    """Resolve ``base``/``grpo``/``sft`` against earlier stage outputs; any other reference as is."""
-    if ref in outputs:
-        return outputs[ref]["model_uri"]
-    return ref
+def _stage_run(recipe: Recipe, name: str, parent_run_id: str, **kwargs):
+    """The stage's nested MLflow run, named after the stage and tagged with its type."""
+    return tracking.stage_run(parent_run_id, name, tags={TAG_STAGE_TYPE: recipe.stages[name].type}, **kwargs)
 
 
 # ---------------------------------------------------------------- curate
-def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
+def curate(recipe: Recipe, name: str, parent_run_id: str, reference_model: str | None = None) -> dict[str, Any]:
     """Load the training set, normalise, then filter (see :mod:`r1core.curation`):
     duplicates (same words after normalisation), n-gram overlap with every benchmark in ``curate.decontaminate``, unparsable gold
     answers, over-long problems, optionally a pass-rate band; then sample N (uniformly or
     stratified). Every count is a metric of the stage run; pass rates are a column of the dataset.
+    ``reference_model`` is the pass-rate filter's model (a URI), when the stage has that filter.
     """
     from r1core import curation
 
-    cfg = recipe.curate
-    with tracking.stage_run(parent_run_id, "curate") as run:
+    cfg = recipe.stages[name]
+    with _stage_run(recipe, name, parent_run_id) as run:
         ds, counts = data.load(cfg.dataset)
         df = ds.to_pandas()
         n0 = len(df)
@@ -151,7 +148,7 @@ def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
             df = df[df["problem"].str.len() <= cfg.max_problem_chars]
         metrics["pool_after_filters"] = len(df)
         if cfg.pass_rate is not None:
-            df = _pass_rate_band(recipe, df, metrics)
+            df = _pass_rate_band(recipe, cfg, df, metrics, reference_model or recipe.model)
         if cfg.stratify_by:
             df = curation.stratified_sample(df, cfg.stratify_by, cfg.num_problems, recipe.seed)
         else:
@@ -170,14 +167,13 @@ def curate(recipe: Recipe, parent_run_id: str) -> dict[str, Any]:
         return {"run_id": run.info.run_id, "dataset_uri": src, "digest": digest or "", "num_problems": len(df)}
 
 
-def _pass_rate_band(recipe: Recipe, df: pd.DataFrame, metrics: dict) -> pd.DataFrame:
+def _pass_rate_band(recipe: Recipe, cfg, df: pd.DataFrame, metrics: dict, ref: str) -> pd.DataFrame:
     """Score ``candidates`` problems by a reference model's pass rate over k samples; keep the band."""
     from r1core.generation import SamplingParams, generate
     from r1core.prompts import render
     from r1core.verify import verify_batch
 
-    pr = recipe.curate.pass_rate
-    ref = recipe.model if pr.model == "base" else pr.model
+    pr = cfg.pass_rate
     model, tok = models.load_model_and_tokenizer(ref, for_inference=True)
     cand = df.sample(n=min(pr.candidates, len(df)), random_state=recipe.seed).reset_index(drop=True)
     prompts = [render(tok, p, "r1_eval") for p in cand["problem"] for _ in range(pr.num_samples)]
@@ -194,52 +190,53 @@ def _pass_rate_band(recipe: Recipe, df: pd.DataFrame, metrics: dict) -> pd.DataF
 
 
 # ---------------------------------------------------------------- grpo
-def grpo(recipe: Recipe, parent_run_id: str, dataset_uri: str, base: dict[str, str]) -> dict[str, Any]:
-    """GRPO on the curated problems (see :mod:`r1core.grpo`); the policy becomes a LoggedModel."""
+def grpo(recipe: Recipe, name: str, parent_run_id: str, data: str, model: str) -> dict[str, Any]:
+    """GRPO on the problems of data set ``data`` (a URI) from policy ``model`` (a model URI or
+    reference), see :mod:`r1core.grpo`; the trained policy becomes a LoggedModel."""
     from r1core.grpo import train_grpo
 
-    cfg = recipe.grpo
-    policy_ref = model_ref(cfg.model, {"base": base})
+    cfg = recipe.stages[name]
+    dataset_uri, policy_ref = data, model
     # The work folder is keyed by the stage's inputs: a retry of a killed run finds its checkpoints
     # and its MLflow run there, and continues both.
-    out_dir = work_dir("grpo", sha(json.dumps([cfg.model_dump(mode="json"), dataset_uri, policy_ref,
+    out_dir = work_dir("grpo", sha(json.dumps([name, cfg.model_dump(mode="json"), dataset_uri, policy_ref,
                                                  recipe.seed], sort_keys=True)))
     run_file = out_dir / "mlflow_run_id"
     resume = run_file.read_text().strip() if run_file.exists() and any(out_dir.glob("checkpoint-*")) else None
-    with tracking.stage_run(parent_run_id, "grpo", resume_run_id=resume) as run:
+    with _stage_run(recipe, name, parent_run_id, resume_run_id=resume) as run:
         run_file.write_text(run.info.run_id)
         rows = tracking.read_dataset(dataset_uri)
-        mlflow.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"),
-                         context="training")
+        tracking.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"), "training")
         mlflow.set_tags({"r1.input_model": policy_ref, "r1.rewards": json.dumps(cfg.rewards)})
         if cfg.accelerate_config or cfg.num_processes > 1:  # multi-GPU: accelerate launch subprocesses
             from r1core.launch import LaunchSpec, launch
 
-            summary = launch(LaunchSpec(recipe.to_json(), dataset_uri, policy_ref, str(out_dir)), run.info.run_id,
+            summary = launch(LaunchSpec(recipe.to_json(), dataset_uri, policy_ref, str(out_dir), name), run.info.run_id,
                              accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes)
-            model, tok = models.load_model_and_tokenizer(str(out_dir))
+            policy, tok = models.load_model_and_tokenizer(str(out_dir))
         else:
-            model, tok = models.load_model_and_tokenizer(policy_ref)
-            summary = train_grpo(model, tok, rows, cfg, str(out_dir), seed=recipe.seed)
+            policy, tok = models.load_model_and_tokenizer(policy_ref)
+            summary = train_grpo(policy, tok, rows, cfg, str(out_dir), seed=recipe.seed)
         mlflow.log_metrics({f"summary/{k}": v for k, v in finite(summary).items()})
-        info = tracking.log_model(model, tok, name="grpo-policy",
+        info = tracking.log_model(policy, tok, name="grpo-policy",
                                   params={"rewards": json.dumps(cfg.rewards), "max_steps": cfg.max_steps},
                                   tags={TAG_MODEL_ROLE: "grpo", "r1.parent_model": policy_ref})
         shutil.rmtree(out_dir, ignore_errors=True)
         return {"run_id": run.info.run_id, "model_uri": f"models:/{info.model_id}", "model_id": info.model_id,
-                **{k: float(v) for k, v in finite(summary).items()}}
+                "input_model": policy_ref, **{k: float(v) for k, v in finite(summary).items()}}
 
 
 # ---------------------------------------------------------------- rejection sampling
-def rejection_sampling(recipe: Recipe, parent_run_id: str, dataset_uri: str, teacher_uri: str) -> dict[str, Any]:
-    """Sample k completions per problem from the teacher; keep verified ones as SFT traces."""
+def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str, teacher: str) -> dict[str, Any]:
+    """Sample k completions per problem of data set ``data`` (a URI) from ``teacher`` (a model URI
+    or reference); keep verified ones as SFT traces (a data set)."""
     from r1core.rejection import rejection_sample
 
-    cfg = recipe.rejection_sampling
-    with tracking.stage_run(parent_run_id, "rejection_sampling") as run:
+    cfg = recipe.stages[name]
+    dataset_uri, teacher_uri = data, teacher
+    with _stage_run(recipe, name, parent_run_id) as run:
         problems = tracking.read_dataset(dataset_uri).head(cfg.num_problems)
-        mlflow.log_input(tracking.pandas_dataset(problems, dataset_uri, "curated", "answer"),
-                         context="training")
+        tracking.log_input(tracking.pandas_dataset(problems, dataset_uri, "curated", "answer"), "training")
         mlflow.set_tags({"r1.teacher": teacher_uri})
         mlflow.log_params({f"rejection.{k}": v for k, v in cfg.model_dump().items()})
         model, tok = models.load_model_and_tokenizer(teacher_uri, for_inference=True)
@@ -259,65 +256,94 @@ def rejection_sampling(recipe: Recipe, parent_run_id: str, dataset_uri: str, tea
 
 
 # ---------------------------------------------------------------- sft
-def sft(recipe: Recipe, parent_run_id: str, traces_uri: str, student_uri: str) -> dict[str, Any]:
-    """Distil the kept traces into the student with TRL's SFTTrainer; the student becomes a LoggedModel."""
+def sft(recipe: Recipe, name: str, parent_run_id: str, data: str, student: str) -> dict[str, Any]:
+    """Fine-tune ``student`` (a model URI or reference) with TRL's SFTTrainer on data set ``data``
+    (a URI): SFT traces from rejection sampling (distillation), or curated problems whose worked
+    solutions become traces (R1's cold start, :func:`r1core.rejection.reference_traces`; only
+    those that verify). The result becomes a LoggedModel."""
     from r1core.sft import train_sft
 
-    cfg = recipe.sft
-    with tracking.stage_run(parent_run_id, "sft") as run:
+    cfg = recipe.stages[name]
+    traces_uri, student_uri = data, student
+    with _stage_run(recipe, name, parent_run_id) as run:
         traces = tracking.read_dataset(traces_uri)
-        mlflow.log_input(tracking.pandas_dataset(traces, traces_uri, "sft_traces"),
-                         context="training")
-        mlflow.set_tags({"r1.input_model": student_uri})
-        model, tok = models.load_model_and_tokenizer(student_uri)
+        model_obj, tok = models.load_model_and_tokenizer(student_uri)
+        if "completion" in traces:
+            tracking.log_input(tracking.pandas_dataset(traces, traces_uri, "sft_traces"), "training")
+        else:  # problems with worked solutions: the cold-start traces
+            from r1core.rejection import reference_traces
+
+            tracking.log_input(tracking.pandas_dataset(traces, traces_uri, "curated", "answer"), "training")
+            traces, stats = reference_traces(traces, cfg.prompt_template, tok)
+            mlflow.log_metrics({f"cold_start/{k}": v for k, v in stats.items()})
+            traces_uri, _ = tracking.log_dataset(traces, "cold_start_traces", "generated", targets="answer")
+        mlflow.set_tags({"r1.input_model": student_uri, "r1.traces": traces_uri})
         out_dir = work_dir("sft", run.info.run_id)
-        summary = train_sft(model, tok, traces, cfg, str(out_dir), seed=recipe.seed)
+        summary = train_sft(model_obj, tok, traces, cfg, str(out_dir), seed=recipe.seed)
         mlflow.log_metrics({f"summary/{k}": v for k, v in finite(summary).items()})
-        info = tracking.log_model(model, tok, name="student",
+        info = tracking.log_model(model_obj, tok, name="student" if name == "sft" else name.replace("_", "-"),
                                   params={"num_traces": len(traces), "max_steps": cfg.max_steps},
                                   tags={TAG_MODEL_ROLE: "student", "r1.parent_model": student_uri,
                                         "r1.traces": traces_uri})
         shutil.rmtree(out_dir, ignore_errors=True)
         return {"run_id": run.info.run_id, "model_uri": f"models:/{info.model_id}", "model_id": info.model_id,
+                "input_model": student_uri, "traces": traces_uri,
                 **{k: float(v) for k, v in finite(summary).items()}}
 
 
 # ---------------------------------------------------------------- register
-def register(recipe: Recipe, parent_run_id: str, outputs: dict[str, dict]) -> dict[str, Any]:
-    """Register the student as a new model version with lineage tags; set ``challenger``, and
-    ``champion`` when there is none or the student beats it on the gate metric by more than
-    ``min_margin``. Never deletes a version.
+def lineage_tags(recipe: Recipe, upstream_outputs: dict[str, dict]) -> dict[str, str]:
+    """Tags naming every upstream stage's MLflow run and output, so a registered version leads
+    back through each stage to the data: ``r1.run.<stage>``, ``r1.model.<stage>``,
+    ``r1.dataset.<stage>`` (+ ``.digest``), ``r1.teacher.<stage>``, and ``r1.base_model``.
+    ``upstream_outputs`` maps stage names (and ``base``) to their results."""
+    tags = {"r1.recipe": recipe.name}
+    for stage, out in upstream_outputs.items():
+        if stage == "base":
+            tags["r1.base_model"] = out["model_uri"]
+            continue
+        tags[f"r1.run.{stage}"] = out["run_id"]
+        if "model_uri" in out:
+            tags[f"r1.model.{stage}"] = out["model_uri"]
+        if "dataset_uri" in out:
+            tags[f"r1.dataset.{stage}"] = out["dataset_uri"]
+            tags[f"r1.dataset.{stage}.digest"] = out.get("digest", "")
+        if "teacher" in out:
+            tags[f"r1.teacher.{stage}"] = out["teacher"]
+    return tags
+
+
+def register(recipe: Recipe, name: str, parent_run_id: str, model: str, evaluation: dict | None = None,
+             lineage: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Register ``model`` (a ``models:/m-...`` URI) as a new model version tagged with its lineage
+    (:func:`lineage_tags` of ``lineage``, the upstream stages' outputs) and ``evaluation``'s metrics;
+    set ``challenger``, and ``champion`` when there is none or the model beats it on the gate
+    metric by more than ``min_margin``. Never deletes a version; re-registering the same model
+    returns its existing version.
     """
-    cfg = recipe.registry
+    cfg = recipe.stages[name]
     client = MlflowClient()
-    with tracking.stage_run(parent_run_id, "register") as run:
-        student = outputs["sft"]
-        metrics = outputs["evaluate"]["metrics"]
+    with _stage_run(recipe, name, parent_run_id) as run:
+        metrics = (evaluation or {}).get("metrics", {})
         gate_value = metrics.get(cfg.gate_metric)
-        lineage = {
-            "r1.recipe": recipe.name,
+        producer = next((o for o in (lineage or {}).values() if o.get("model_uri") == model), {})
+        tags = {
+            **lineage_tags(recipe, lineage or {}),
             "r1.pipeline_run_id": parent_run_id,
-            "r1.parent_model": outputs["sft"].get("student", recipe.model),
-            "r1.teacher": outputs["rejection_sampling"].get("teacher", ""),
-            "r1.base_model": outputs["base"]["model_uri"],
-            "r1.dataset.curated": outputs["curate"]["dataset_uri"],
-            "r1.dataset.curated.digest": outputs["curate"].get("digest", ""),
-            "r1.dataset.sft_traces": outputs["rejection_sampling"]["dataset_uri"],
-            "r1.dataset.sft_traces.digest": outputs["rejection_sampling"].get("digest", ""),
-            **{f"r1.run.{stage}": outputs[stage]["run_id"] for stage in
-               ("curate", "grpo", "rejection_sampling", "sft", "evaluate") if stage in outputs},
+            "r1.parent_model": producer.get("input_model", ""),
             **{f"r1.metric.{tracking.mlflow_key(k)}": f"{v:.6g}" for k, v in metrics.items()},
         }
+        model_id = model.removeprefix("models:/") if model.startswith("models:/m-") else None
         try:
             client.get_registered_model(cfg.model_name)
         except mlflow.exceptions.MlflowException:
-            client.create_registered_model(cfg.model_name, description=f"Students of recipe {recipe.name}.")
+            client.create_registered_model(cfg.model_name, description=f"Models of recipe {recipe.name}.")
         existing = [v for v in client.search_model_versions(f"name='{cfg.model_name}'")
-                    if v.source == student["model_uri"] or getattr(v, "model_id", None) == student["model_id"]]
-        if existing:  # a re-run over a cached student: same version, no duplicate
+                    if v.source == model or (model_id and getattr(v, "model_id", None) == model_id)]
+        if existing:  # a re-run over a cached model: same version, no duplicate
             version = existing[0]
         else:
-            version = mlflow.register_model(student["model_uri"], cfg.model_name, tags=lineage)
+            version = mlflow.register_model(model, cfg.model_name, tags=tags)
         client.set_registered_model_alias(cfg.model_name, "challenger", version.version)
         decision, champion_value = _gate(client, cfg, version.version, gate_value)
         if decision.startswith("promoted"):
@@ -349,3 +375,7 @@ def _gate(client: MlflowClient, cfg, version: str, value: float | None) -> tuple
     if value > champ + cfg.min_margin:
         return f"promoted: {cfg.gate_metric} {value:.4g} > {champ:.4g} + {cfg.min_margin}", champ
     return f"kept champion v{champion.version}: {cfg.gate_metric} {value:.4g} <= {champ:.4g} + {cfg.min_margin}", champ
+
+
+STAGE_FUNCTIONS = {"curate": curate, "grpo": grpo, "rejection_sampling": rejection_sampling, "sft": sft,
+                   "evaluate": evaluate, "register": register}

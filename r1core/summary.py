@@ -22,45 +22,58 @@ HEADLINE = {
 }
 
 
-def finish_pipeline(parent_run_id: str, out: dict[str, dict]) -> None:
-    """Copy headline metrics and output URIs onto the parent run."""
-    client = MlflowClient()
-    metrics = {}
-    for k, v in out.get("evaluate", {}).get("metrics", {}).items():
-        metrics[k] = v
-    for stage in ("grpo", "sft"):
-        for k, v in out.get(stage, {}).items():
-            if isinstance(v, float):
-                metrics[f"{stage}/{k}"] = v
-    rs = out.get("rejection_sampling", {})
-    if rs:
-        metrics["rejection_sampling/num_kept"] = rs["num_kept"]
-        metrics["rejection_sampling/acceptance_rate"] = rs["acceptance_rate"]
+def headline_evaluation(recipe: Recipe) -> str | None:
+    """The evaluate stage whose metrics are the pipeline's headline: the one a register stage
+    reads, else the last evaluate stage; None when the recipe evaluates nothing."""
+    from r1core.graph import upstream
+
+    for name in recipe.stages_of_type("register"):
+        if (ev := upstream(recipe.stages[name].evaluation)) in recipe.stages:
+            return ev
+    evals = recipe.stages_of_type("evaluate")
+    return evals[-1] if evals else None
+
+
+def finish_pipeline(recipe: Recipe, parent_run_id: str, out: dict[str, dict]) -> None:
+    """Copy metrics and output URIs onto the parent run: the headline evaluation's metrics under
+    their own names (``math500/pass@1``, so runs of every recipe line up in MLflow's compare view),
+    every stage's under ``<stage>/...``."""
     from r1core.tracking import mlflow_key
 
+    client = MlflowClient()
+    metrics = {}
+    headline = headline_evaluation(recipe)
+    for name, stage in recipe.stages.items():
+        o = out.get(name, {})
+        if stage.type == "evaluate":
+            metrics.update({f"{name}/{k}": v for k, v in o.get("metrics", {}).items()} if name != headline
+                           else o.get("metrics", {}))
+        elif stage.type in ("grpo", "sft"):
+            metrics.update({f"{name}/{k}": v for k, v in o.items() if isinstance(v, float)})
+        elif stage.type == "rejection_sampling" and o:
+            metrics[f"{name}/num_kept"] = o["num_kept"]
+            metrics[f"{name}/acceptance_rate"] = o["acceptance_rate"]
     for k, v in metrics.items():
         client.log_metric(parent_run_id, mlflow_key(k), float(v))
     tags = {f"r1.run.{s}": o["run_id"] for s, o in out.items() if isinstance(o, dict) and "run_id" in o}
-    for stage in ("base", "grpo", "sft"):
-        if stage in out:
-            tags[f"r1.model.{stage}"] = out[stage]["model_uri"]
-    if "register" in out:
-        tags["r1.registered"] = f"models:/{out['register']['name']}/{out['register']['version']}"
+    tags.update({f"r1.model.{s}": o["model_uri"] for s, o in out.items() if isinstance(o, dict) and "model_uri" in o})
+    for name in recipe.stages_of_type("register"):
+        tags["r1.registered"] = f"models:/{out[name]['name']}/{out[name]['version']}"
     for k, v in tags.items():
         client.set_tag(parent_run_id, k, v)
     client.set_terminated(parent_run_id, "FINISHED")
 
 
-def rows(out: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """``(stage, MLflow run id, headline)`` for each stage that ran."""
+def rows(recipe: Recipe, out: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """``(stage, MLflow run id, headline)`` for each stage that ran, in recipe order."""
     table = []
-    for stage, fmt in HEADLINE.items():
-        if stage in out:
+    for name, stage in recipe.stages.items():
+        if name in out:
             try:
-                headline = fmt(out[stage])
+                headline = HEADLINE[stage.type](out[name])
             except (KeyError, TypeError, ValueError):
                 headline = ""
-            table.append((stage, out[stage].get("run_id", ""), headline))
+            table.append((name, out[name].get("run_id", ""), headline))
     return table
 
 
@@ -68,13 +81,13 @@ def markdown(recipe: Recipe, parent_run_id: str, out: dict[str, dict]) -> str:
     """A markdown table of the run (published as a Prefect artifact)."""
     lines = [f"# R1 pipeline: {recipe.name}", "", f"MLflow experiment `{recipe.experiment_name}`, "
              f"parent run `{parent_run_id}`", "", "| stage | MLflow run | headline |", "|---|---|---|"]
-    lines += [f"| {s} | `{r}` | {h} |" for s, r, h in rows(out)]
+    lines += [f"| {s} | `{r}` | {h} |" for s, r, h in rows(recipe, out)]
     return "\n".join(lines)
 
 
 def text_table(recipe: Recipe, parent_run_id: str, out: dict[str, dict]) -> str:
     """The closing table the CLI prints, with the command that opens the MLflow UI on this store."""
-    body = rows(out)
+    body = rows(recipe, out)
     w0 = max(len("stage"), *(len(s) for s, _, _ in body))
     w1 = max(len("MLflow run id"), *(len(r) for _, r, _ in body))
     lines = [f"{'stage':<{w0}}  {'MLflow run id':<{w1}}  headline", f"{'-' * w0}  {'-' * w1}  {'-' * 8}"]

@@ -18,6 +18,8 @@ import logging
 import os
 import platform
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,26 @@ TAG_STAGE = "r1.stage"
 TAG_RECIPE = "r1.recipe"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+_LOG_INPUT_LOCK = threading.Lock()
+
+
+def log_input(dataset, context: str, attempts: int = 3) -> None:
+    """``mlflow.log_input`` that is safe when stages run concurrently.
+
+    MLflow's SQL store checks for an existing dataset, then inserts it; two runs logging the same
+    dataset at once (two evaluate stages on one benchmark) make the second insert fail a UNIQUE
+    constraint. Calls in this process are serialised, and a collision with another process is
+    retried (the retry finds the dataset the other one inserted).
+    """
+    for attempt in range(attempts):
+        try:
+            with _LOG_INPUT_LOCK:
+                mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            if "UNIQUE constraint" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 PIP_REQUIREMENTS = ["torch", "transformers", "accelerate", "safetensors"]
 
 
@@ -150,7 +172,7 @@ def log_dataset(df: pd.DataFrame, name: str, context: str, source: str | None = 
         df.to_json(path, orient="records", lines=True, force_ascii=False)
         mlflow.log_artifact(str(path), artifact_path="data")
     dataset = pandas_dataset(df, source or uri, name, targets)
-    mlflow.log_input(dataset, context=context)
+    log_input(dataset, context)
     return uri, dataset
 
 

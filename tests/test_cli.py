@@ -18,11 +18,13 @@ def test_help_lists_subcommands(capsys):
 
 
 @pytest.mark.parametrize("recipe,message", [
-    ({"name": "x", "grpo": {"rewardz": {}}}, "grpo.rewardz: unknown key"),
-    ({"name": "x", "curate": {"dataset": "gsm9k"}}, "Unknown dataset 'gsm9k'"),
-    ({"name": "x", "model": "./no/such/checkpoint"}, "neither a local folder"),
-    ({"name": "x", "grpo": {"rewards": {"acc": 1.0}}}, "Unknown reward(s) ['acc']"),
-    ({"name": "x", "grpo": {"model": "sft"}}, "refers to a stage that runs later"),
+    ({"name": "x", "stages": {"curate": {}, "grpo": {"rewardz": {}}}}, "stages.grpo.rewardz: unknown key"),
+    ({"name": "x", "stages": {"curate": {"dataset": "gsm9k"}}}, "Unknown dataset 'gsm9k'"),
+    ({"name": "x", "model": "./no/such/checkpoint", "stages": {"curate": {}}}, "neither a local folder"),
+    ({"name": "x", "stages": {"curate": {}, "grpo": {"rewards": {"acc": 1.0}}}}, "Unknown reward(s) ['acc']"),
+    ({"name": "x", "stages": {"curate": {}, "grpo": {"model": "sft.output"}}}, "'sft.output' names no stage"),
+    ({"name": "x", "stages": {"curate": {}, "grpo": {}, "evaluate": {"model": "./no/such/policy"}}},
+     "neither a local folder"),
 ])
 def test_bad_recipes_fail_before_training(tmp_path, capsys, recipe, message, data_dir):
     path = tmp_path / "bad.yaml"
@@ -46,4 +48,4 @@ def test_missing_recipe_file(capsys):
 def test_recipe_command_prints_resolved_recipe(capsys):
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     assert main(["recipe", "--recipe", str(recipe), "--set", "sft.max_steps=3"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["sft"]["max_steps"] == 3
+    assert yaml.safe_load(capsys.readouterr().out)["stages"]["sft"]["max_steps"] == 3

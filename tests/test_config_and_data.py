@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from r1core import data
+from r1core import data, graph
 from r1core.config import Recipe, RecipeError, load_recipe, recipe_from_dict
 from r1core.models import ModelNotFoundError, resolve_model
 
@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_parse(path):
     recipe = load_recipe(path)
-    assert isinstance(recipe, Recipe) and recipe.grpo.rewards
+    assert isinstance(recipe, Recipe) and recipe.description
+    assert sum(len(w) for w in graph.waves(recipe)) == len(recipe.stages)
+    assert path.name == "grpo_smollm2_gsm8k.yaml" or recipe.stages_of_type("evaluate")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
@@ -30,20 +32,24 @@ def test_accelerate_configs_are_valid(path):
 
 
 def test_unknown_key_is_named_with_its_path():
-    with pytest.raises(RecipeError, match=r"grpo\.max_stepz: unknown key"):
-        recipe_from_dict({"name": "x", "grpo": {"max_stepz": 3}})
+    with pytest.raises(RecipeError, match=r"stages\.grpo\.max_stepz: unknown key"):
+        recipe_from_dict({"name": "x", "stages": {"curate": {}, "grpo": {"max_stepz": 3}}})
 
 
 def test_bad_value_is_named():
-    with pytest.raises(RecipeError, match=r"grpo\.num_generations"):
-        recipe_from_dict({"name": "x", "grpo": {"num_generations": 1}})
+    with pytest.raises(RecipeError, match=r"stages\.grpo\.num_generations"):
+        recipe_from_dict({"name": "x", "stages": {"curate": {}, "grpo": {"num_generations": 1}}})
 
 
 def test_overrides_parse_values_as_yaml():
-    r = recipe_from_dict({"name": "x"}, ["grpo.max_steps=2", "evaluate.benchmarks=[aime24]", "evaluate.limit=null"])
-    assert r.grpo.max_steps == 2 and r.evaluate.benchmarks == ["aime24"] and r.evaluate.limit is None
+    base = {"name": "x", "stages": {"curate": {}, "grpo": {}, "evaluate": {"model": "grpo.output"}}}
+    r = recipe_from_dict(base, ["grpo.max_steps=2", "evaluate.benchmarks=[aime24]",
+                                "stages.evaluate.limit=null", "seed=7"])
+    st = r.stages
+    assert st["grpo"].max_steps == 2 and st["evaluate"].benchmarks == ["aime24"] and st["evaluate"].limit is None
+    assert r.seed == 7
     with pytest.raises(RecipeError, match="key=value"):
-        recipe_from_dict({"name": "x"}, ["grpo.max_steps"])
+        recipe_from_dict(base, ["grpo.max_steps"])
 
 
 def test_missing_recipe_file_lists_shipped_ones(tmp_path):

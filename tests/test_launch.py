@@ -45,15 +45,16 @@ def test_one_process_cpu_launch_logs_into_the_stage_run(tiny_model_dir, tmp_path
     from r1core.config import recipe_from_dict
     from r1core.launch import launch
 
-    recipe = recipe_from_dict({"name": "launch", "grpo": {
-        "rewards": {"tag_count": 1.0}, "num_generations": 2, "max_completion_length": 4, "max_steps": 2,
-        "args": {"per_device_train_batch_size": 4}}})
+    recipe = recipe_from_dict({"name": "launch", "stages": {"curate": {}, "policy": {
+        "type": "grpo", "rewards": {"tag_count": 1.0}, "num_generations": 2, "max_completion_length": 4,
+        "max_steps": 2, "args": {"per_device_train_batch_size": 4}}}})
     data = tmp_path / "rows.jsonl"
     pd.DataFrame({"id": ["a", "b"], "problem": ["1+1?", "2+2?"], "answer": ["2", "4"]}).to_json(
         data, orient="records", lines=True)
     exp = tracking.setup("test-launch")
     with mlflow.start_run(experiment_id=exp) as run:
-        summary = launch(LaunchSpec(recipe.to_json(), str(data), str(tiny_model_dir), str(tmp_path / "out")),
+        summary = launch(LaunchSpec(recipe.to_json(), str(data), str(tiny_model_dir), str(tmp_path / "out"),
+                                    stage="policy"),
                          run.info.run_id, accelerate_config=None, num_processes=1, cpu=True)
     assert "train_loss" in summary and (tmp_path / "out" / "model.safetensors").exists()
     steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "rewards/tag_count/mean")]

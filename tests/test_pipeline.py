@@ -7,25 +7,28 @@ import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
-from r1core.config import STAGES
+from r1core.config import STAGE_TYPES
 
 
 def tiny_recipe(tmp_path, model_dir, name="tinypipe") -> str:
     recipe = {
         "name": name,
         "model": str(model_dir),
-        "curate": {"dataset": "gsm8k:train", "num_problems": 8},
-        "grpo": {"num_generations": 2, "max_completion_length": 8, "max_steps": 1,
-                 "args": {"per_device_train_batch_size": 4}},
-        "rejection_sampling": {"num_problems": 3, "num_samples": 2, "max_new_tokens": 8,
-                               "prompt_template": "r1_zero", "prefill": "<think>\n", "fallback": "reference"},
-        "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
-        "evaluate": {"benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2, "max_new_tokens": 8,
-                     "budget_forcing": {"max_thinking_tokens": [2, 4], "answer_tokens": 2}},
-        "registry": {"model_name": f"{name}-student"},
+        "stages": {
+            "curate": {"dataset": "gsm8k:train", "num_problems": 8},
+            "grpo": {"num_generations": 2, "max_completion_length": 8, "max_steps": 1,
+                     "args": {"per_device_train_batch_size": 4}},
+            "rejection_sampling": {"teacher": "grpo.output", "num_problems": 3, "num_samples": 2,
+                                   "max_new_tokens": 8, "prompt_template": "r1_zero", "prefill": "<think>\n",
+                                   "fallback": "reference"},
+            "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
+            "evaluate": {"model": "sft.output", "benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2,
+                         "max_new_tokens": 8, "budget_forcing": {"max_thinking_tokens": [2, 4], "answer_tokens": 2}},
+            "register": {"model_name": f"{name}-student"},
+        },
     }
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return str(path)
 
 
@@ -49,7 +52,8 @@ def test_parent_and_one_child_per_stage(pipeline_runs):
     assert "r1.version.trl" in parent.data.tags
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.tags["r1.stage"] for c in children) == sorted(STAGES)
+    assert sorted(c.data.tags["r1.stage"] for c in children) == sorted(STAGE_TYPES)
+    assert all(c.data.tags["r1.stage_type"] == c.data.tags["r1.stage"] for c in children)
     assert all(c.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"] for c in children)
     assert "math500/pass_at_1" in parent.data.metrics
 
@@ -88,8 +92,10 @@ def test_models_and_registry_lineage(pipeline_runs):
     assert set(version.aliases) == {"challenger", "champion"}  # first version: champion too
     tags = version.tags
     assert tags["r1.run.sft"] == first["sft"]["run_id"]
-    assert tags["r1.dataset.curated.digest"] and tags["r1.dataset.sft_traces.digest"]
-    assert tags["r1.teacher"] == first["grpo"]["model_uri"]
+    assert tags["r1.dataset.curate.digest"] and tags["r1.dataset.rejection_sampling.digest"]
+    assert tags["r1.teacher.rejection_sampling"] == first["grpo"]["model_uri"]
+    assert tags["r1.parent_model"] == first["sft"]["input_model"] == first["base"]["model_uri"]
+    assert tags["r1.model.grpo"] == first["grpo"]["model_uri"]
     assert tags["r1.base_model"].startswith("models:/m-")
 
 

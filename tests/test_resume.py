@@ -25,14 +25,14 @@ logging.basicConfig(level=logging.INFO)
 from r1core import stages
 from r1core.config import recipe_from_dict
 recipe = recipe_from_dict(json.loads(sys.argv[1]))
-stages.grpo(recipe, sys.argv[2], sys.argv[3], {"model_uri": sys.argv[4]})
+stages.grpo(recipe, "grpo", sys.argv[2], data=sys.argv[3], model=sys.argv[4])
 """
 
 
 def test_killed_grpo_resumes_from_checkpoint_without_duplicate_steps(tiny_model_dir, tmp_path):
-    recipe_dict = {"name": "resume", "grpo": {
+    recipe_dict = {"name": "resume", "stages": {"curate": {}, "grpo": {
         "rewards": {"tag_count": 1.0}, "num_generations": 2, "max_completion_length": 4, "max_steps": 8,
-        "save_steps": 2, "args": {"per_device_train_batch_size": 4}}}
+        "save_steps": 2, "args": {"per_device_train_batch_size": 4}}}}
     recipe = recipe_from_dict(recipe_dict)
     rows = tmp_path / "rows.jsonl"
     pd.DataFrame({"id": list("abcd"), "problem": ["1+1?", "2+2?", "3+3?", "4+4?"],
