@@ -11,9 +11,22 @@ endif
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow bench clean-state
+.PHONY: venv teacher-server demo test test-slow bench clean-state
 
 venv: $(STAMP)
+
+# llama.cpp's OpenAI-compatible server (llama-cpp-python, compiled from its sdist: no wheel on
+# this index), in a venv of its own: the real endpoint the `endpoint` tests sample from.
+TEACHER_VENV  := .venv-teacher
+TEACHER_STAMP := $(TEACHER_VENV)/.installed
+LLAMA_CPP     ?= llama-cpp-python[server]==0.3.36
+teacher-server: $(TEACHER_STAMP)
+$(TEACHER_STAMP):
+	test -x $(TEACHER_VENV)/bin/python || $(PYTHON) -m venv $(TEACHER_VENV)
+	$(TEACHER_VENV)/bin/python -m pip install -q --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(TEACHER_VENV)/bin/python -m pip install -q '$(LLAMA_CPP)'
+	touch $(TEACHER_STAMP)
 
 # Re-runs only when pyproject.toml changes; a no-op otherwise.
 $(STAMP): pyproject.toml
@@ -26,7 +39,7 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/r1 pipeline --recipe recipes/quickstart.yaml
 
-test: venv
+test: venv teacher-server
 	$(PY) -m pytest -q
 
 test-slow: venv

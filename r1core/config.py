@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")
 
@@ -116,6 +116,20 @@ class GRPOStageConfig(_Stage):
     stop_strings: list[str] = Field(default_factory=list, description='End completions after these strings, e.g. ["</answer>"].')
 
 
+class EndpointConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint as the teacher (vLLM's server, llama.cpp's,
+    DeepSeek's API, ...). The API key comes from the environment variable ``api_key_env`` and is
+    never logged."""
+
+    base_url: str = Field(description="e.g. https://api.deepseek.com/v1 or http://127.0.0.1:8000/v1")
+    model: str = Field(description="The model name the server expects, e.g. deepseek-reasoner.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (None: no key).")
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout, seconds.")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 408/409/429/5xx and connection errors.")
+    use_n: bool = Field(True, description="Ask for k choices in one request (n=k); off for servers that refuse n.")
+
+
 class RejectionSamplingConfig(_Stage):
     """Rejection sampling: a teacher samples k completions per problem; verified ones are kept.
     Output: a data set of SFT traces."""
@@ -124,7 +138,11 @@ class RejectionSamplingConfig(_Stage):
     OUTPUT: ClassVar[str] = "dataset"
     type: Literal["rejection_sampling"] = "rejection_sampling"
     data: str = Field("curate.output", description="Problems: <stage>.output of a curate stage.")
-    teacher: str = Field("grpo.output", description="base, <stage>.output, or a model reference.")
+    teacher: str | None = Field("grpo.output", description="base, <stage>.output, or a model reference "
+                                "(unset when ``endpoint`` is given).")
+    endpoint: EndpointConfig | None = Field(None, description="Sample from an OpenAI-compatible endpoint instead.")
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="Local teacher engine: vLLM on CUDA when installed (auto), or transformers.")
     num_problems: int = Field(32, ge=1, description="Problems taken from the curated set.")
     num_samples: int = Field(4, ge=1, description="k: completions sampled per problem.")
     max_new_tokens: int = Field(192, ge=1)
@@ -133,12 +151,33 @@ class RejectionSamplingConfig(_Stage):
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_eval"
     prefill: str | None = None
     require_format: bool = Field(False, description="Keep only completions in the think/answer template.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Reject completions longer than this.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Reject completions longer than this (tokens).")
+    min_language_consistency: float | None = Field(
+        0.9, ge=0, le=1, description="Reject chains of thought with a smaller share of words in the prompt's "
+        "language (R1 section 2.3.3 filters language mixing); None: no filter.")
+    language: Literal["en", "zh"] = Field("en", description="Language of the chains of thought to keep.")
+    max_repetition: float | None = Field(
+        0.5, ge=0, le=1, description="Reject responses whose share of repeated word 3-grams is above this "
+        "(degenerate loops); None: no filter.")
+    shard_size: int = Field(64, ge=1, description="Problems per shard of the resumable sample log.")
     keep: Literal["all_correct", "shortest_correct"] = "all_correct"
     fallback: Literal["none", "reference"] = Field(
         "none", description="reference: for problems where the teacher kept nothing, use the data set's "
         "worked solution (verified, formatted in the template, labelled origin=reference).")
     batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_replaces_teacher(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("endpoint") and "teacher" not in data:
+            data = {**data, "teacher": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_teacher(self):
+        if (self.teacher is None) == (self.endpoint is None):
+            raise ValueError("give exactly one of teacher (a model) and endpoint (an OpenAI-compatible server)")
+        return self
 
 
 class SFTStageConfig(_Stage):
@@ -157,6 +196,7 @@ class SFTStageConfig(_Stage):
     learning_rate: float = Field(2e-5, gt=0)
     per_device_train_batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=16, description="Tokens per training sequence.")
+    packing: bool = Field(False, description="Pack several traces into each training sequence (TRL's packing).")
     args: dict[str, Any] = Field(default_factory=dict, description="Extra trl.SFTConfig fields.")
 
 

@@ -7,9 +7,14 @@ the GRPO accuracy reward and evaluation use.
 
 Filters, in order (each rejection is counted under its reason): ``truncated`` (hit the token cap
 without ending), ``too_long`` (over ``max_completion_tokens``), ``format`` (when
-``require_format``), ``incorrect`` (does not verify; includes no extractable answer),
-``duplicate`` (same text as a kept trace of the same problem), ``not_shortest`` (policy
-``shortest_correct`` keeps one per problem).
+``require_format``), ``language_mixed`` (the chain of thought's share of words in the target
+language is under ``min_language_consistency``; R1 filters "mixed languages"), ``repetition``
+(share of repeated word 3-grams over ``max_repetition``: degenerate loops), ``incorrect`` (does
+not verify; includes no extractable answer), ``duplicate`` (same text as a kept trace of the same
+problem), ``not_shortest`` (policy ``shortest_correct`` keeps one per problem).
+
+Sampling is resumable (:func:`sample_with_resume`): every finished problem is on disk at once,
+so a crash or an endpoint outage loses only what was in flight.
 
 Fallback ``reference`` (off by default): a problem for which the teacher kept nothing gets the
 data set's human-written worked solution as its trace, formatted in the prompt template
@@ -20,20 +25,26 @@ data set's human-written worked solution as its trace, formatted in the prompt t
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 
-from r1core.generation import SamplingParams, generate
-from r1core.prompts import messages, render, response_text
-from r1core.rewards import FormatReward
+from r1core.generation import SamplingParams
+from r1core.prompts import messages
+from r1core.rewards import FormatReward, LanguageConsistencyReward, RepetitionReward
+from r1core.teachers import TeacherSample
 from r1core.verify import verify_batch
 
 logger = logging.getLogger(__name__)
-REJECTION_REASONS = ("truncated", "too_long", "format", "incorrect", "duplicate", "not_shortest")
-TRACE_COLUMNS = ["id", "source", "answer", "origin", "num_tokens", "prompt", "completion"]
+REJECTION_REASONS = ("truncated", "too_long", "format", "language_mixed", "repetition", "incorrect", "duplicate",
+                     "not_shortest")
+TRACE_COLUMNS = ["id", "source", "level", "answer", "origin", "num_tokens", "prompt", "completion", "messages"]
 
 
 def reference_response(solution: str, answer: str, template: str) -> str:
@@ -48,10 +59,11 @@ def reference_response(solution: str, answer: str, template: str) -> str:
     return f"<think>\n{solution}\n</think>\n\nThe final answer is $\\boxed{{{answer}}}$."
 
 
-def reference_traces(problems: pd.DataFrame, template: str, tokenizer) -> tuple[pd.DataFrame, dict]:
+def reference_traces(problems: pd.DataFrame, template: str, counter) -> tuple[pd.DataFrame, dict]:
     """SFT traces from the data set's worked solutions (R1's cold-start data, section 2.3.1):
     each ``solution`` written in ``template``'s format (:func:`reference_response`), kept only if
-    its answer verifies against the gold ``answer``.
+    its answer verifies against the gold ``answer``. ``counter`` counts tokens: a teacher
+    (``count_tokens``) or a tokenizer.
 
     Returns:
         ``(traces, stats)``: traces in the format of :func:`rejection_sample`'s ``kept``
@@ -62,65 +74,122 @@ def reference_traces(problems: pd.DataFrame, template: str, tokenizer) -> tuple[
     with_solution = [r for r in rows if str(r.get("solution") or "").strip()]
     responses = [reference_response(str(r["solution"]), str(r["answer"]), template) for r in with_solution]
     verdicts = verify_batch(responses, [str(r["answer"]) for r in with_solution])
-    kept = [_trace(r, resp, len(tokenizer(resp, add_special_tokens=False)["input_ids"]), "reference", template)
+    count = getattr(counter, "count_tokens", None) or (lambda t: len(counter(t, add_special_tokens=False)["input_ids"]))
+    kept = [_trace(r, resp, count(resp), "reference", template)
             for r, resp, v in zip(with_solution, responses, verdicts) if v.correct]
     stats = {"num_problems": len(rows), "without_solution": len(rows) - len(with_solution),
              "not_verified": len(with_solution) - len(kept), "num_kept": len(kept)}
     return pd.DataFrame(kept, columns=TRACE_COLUMNS), stats
 
 
-def rejection_sample(model, tokenizer, problems: pd.DataFrame, cfg, *, seed: int = 0,
-                     progress: Callable[[int, int, float], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Sample ``cfg.num_samples`` completions per problem and keep the verified ones.
+def sample_with_resume(teacher, problems: pd.DataFrame, k: int, params: SamplingParams, folder: Path,
+                       shard_size: int = 64, progress: Callable[[int, int], None] | None = None
+                       ) -> dict[str, list[TeacherSample]]:
+    """Sample ``k`` responses per problem from ``teacher``, resumably.
+
+    Problems are taken ``shard_size`` at a time; each finished problem is appended (and flushed to
+    disk) to that shard's file ``folder/shard-NNNNN.jsonl`` as ``{"id", "samples"}``. A rerun reads
+    every shard, skips the problems already there and samples only the rest, so a crash or an
+    endpoint outage loses only the problems in flight.
 
     Args:
-        model, tokenizer: the teacher.
-        problems: rows with ``id``, ``problem``, ``answer`` (and ``source``, ``level``).
+        teacher: a :class:`r1core.teachers.Teacher`.
+        problems: rows with ``id`` and ``problem``.
+        folder: the stage's work folder, keyed by teacher, prompts and settings (created).
+        progress: called with ``(problems done, problems total)`` after each problem.
+
+    Returns:
+        ``{problem id: [TeacherSample, ...]}`` for every problem.
+
+    Raises:
+        Whatever the teacher raises (e.g. :class:`r1core.teachers.EndpointError`), after the
+        finished problems are on disk.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    done: dict[str, list[TeacherSample]] = {}
+    for shard in sorted(folder.glob("shard-*.jsonl")):
+        for line in shard.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that problem is sampled again
+                continue
+            done[rec["id"]] = [TeacherSample(**x) for x in rec["samples"]]
+    todo = problems[~problems["id"].isin(done)].reset_index(drop=True)
+    if done:
+        logger.info("resuming: %d of %d problems already sampled", len(problems) - len(todo), len(problems))
+    next_shard = len(list(folder.glob("shard-*.jsonl")))
+    for n, start in enumerate(range(0, len(todo), shard_size)):
+        chunk = todo.iloc[start : start + shard_size]
+        with (folder / f"shard-{next_shard + n:05d}.jsonl").open("a") as fh:
+            for i, samples in teacher.sample(list(chunk["problem"]), k, params):
+                pid = chunk["id"].iloc[i]
+                fh.write(json.dumps({"id": pid, "samples": [asdict(x) for x in samples]}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                done[pid] = samples
+                if progress is not None:
+                    progress(len(done), len(problems))
+    return done
+
+
+def rejection_sample(teacher, problems: pd.DataFrame, cfg, *, seed: int = 0, folder: Path,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Sample ``cfg.num_samples`` responses per problem from ``teacher`` (resumably, see
+    :func:`sample_with_resume`) and keep the ones that pass every filter.
+
+    Args:
+        teacher: a :class:`r1core.teachers.Teacher` (local model, vLLM or an endpoint).
+        problems: rows with ``id``, ``problem``, ``answer`` (and ``source``, ``level``, ``solution``).
         cfg: the recipe's :class:`r1core.config.RejectionSamplingConfig`.
         seed: sampling seed.
-        progress: called after each generation batch with ``(done, total, tokens_per_s)``.
+        folder: the resumable sample log's folder.
+        progress: called with ``(problems done, problems total)``.
 
     Returns:
         ``(kept, samples, stats)``: ``kept`` has one row per kept trace with ``prompt`` and
         ``completion`` as chat messages (TRL's conversational prompt-completion format, so SFT
-        trains on the completion only), ``id``, ``answer``, ``source``, ``num_tokens``;
-        ``samples`` has every sample with its verdict and rejection reason; ``stats`` has
-        ``num_samples``, ``num_kept`` (= ``num_kept_teacher`` + ``num_kept_reference``),
-        ``acceptance_rate`` (teacher traces kept / samples), ``problems_with_kept`` and
-        ``rejected/<reason>`` counts.
+        trains on the completion only) and ``messages`` (the whole conversation), ``id``,
+        ``answer``, ``source``, ``level``, ``origin``, ``num_tokens``; ``samples`` has every
+        sample with its verdict and rejection reason; ``stats`` has ``num_samples``, ``num_kept``
+        (= ``num_kept_teacher`` + ``num_kept_reference``), ``acceptance_rate`` (teacher traces
+        kept / samples), ``problems_with_kept`` and ``rejected/<reason>`` counts.
     """
     k = cfg.num_samples
     rows = problems.reset_index(drop=True)
-    prompts = [render(tokenizer, p, cfg.prompt_template, cfg.prefill) for p in rows["problem"] for _ in range(k)]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
-    outs = generate(model, tokenizer, prompts, params, batch_size=cfg.batch_size, on_batch=progress)
-    golds = [str(a) for a in rows["answer"] for _ in range(k)]
-    responses = [response_text(p, o.text) for p, o in zip(prompts, outs)]
-    verdicts = verify_batch(responses, golds)
+    sampled = sample_with_resume(teacher, rows, k, params, folder, cfg.shard_size, progress)
+    flat = [(row, j, smp) for _, row in rows.iterrows() for j, smp in enumerate(sampled[row["id"]])]
+    responses = [smp.text for _, _, smp in flat]
+    verdicts = verify_batch(responses, [str(row["answer"]) for row, _, _ in flat])
     formatted = FormatReward()(responses)
+    language = LanguageConsistencyReward(cfg.language)(responses)
+    repeated = [-v for v in RepetitionReward(ngram_size=3, max_penalty=-1.0)(responses)]  # share of repeated 3-grams
 
     records, kept_text = [], {}
-    for j, (out, resp, verdict, fmt) in enumerate(zip(outs, responses, verdicts, formatted)):
-        row = rows.iloc[j // k]
+    for (row, j, smp), verdict, fmt, lang, rep in zip(flat, verdicts, formatted, language, repeated):
         reason = None
-        if out.truncated:
+        if smp.truncated:
             reason = "truncated"
-        elif cfg.max_completion_tokens and out.num_tokens > cfg.max_completion_tokens:
+        elif cfg.max_completion_tokens and smp.num_tokens > cfg.max_completion_tokens:
             reason = "too_long"
         elif cfg.require_format and fmt < 1.0:
             reason = "format"
+        elif cfg.min_language_consistency is not None and lang < cfg.min_language_consistency:
+            reason = "language_mixed"
+        elif cfg.max_repetition is not None and rep > cfg.max_repetition:
+            reason = "repetition"
         elif not verdict.correct:
             reason = "incorrect"
-        elif resp.strip() in kept_text.setdefault(row["id"], set()):
+        elif smp.text.strip() in kept_text.setdefault(row["id"], set()):
             reason = "duplicate"
         if reason is None:
-            kept_text[row["id"]].add(resp.strip())
-        records.append({"id": row["id"], "sample": j % k, "source": row.get("source", ""),
+            kept_text[row["id"]].add(smp.text.strip())
+        records.append({"id": row["id"], "sample": j, "source": row.get("source", ""),
                         "level": int(row.get("level", 0) or 0), "answer": str(row["answer"]),
                         "extracted": verdict.answer, "correct": bool(verdict.correct),
-                        "verifier_status": verdict.status, "format": fmt, "num_tokens": out.num_tokens,
-                        "truncated": out.truncated, "kept": reason is None, "reason": reason or "",
-                        "response": resp})
+                        "verifier_status": verdict.status, "format": fmt, "language_consistency": lang,
+                        "repetition": rep, "num_tokens": smp.num_tokens, "truncated": smp.truncated,
+                        "kept": reason is None, "reason": reason or "", "response": smp.text})
     samples = pd.DataFrame.from_records(records)
     if cfg.keep == "shortest_correct" and len(samples):
         kept_idx = samples[samples["kept"]].groupby("id")["num_tokens"].idxmin()
@@ -129,13 +198,12 @@ def rejection_sample(model, tokenizer, problems: pd.DataFrame, cfg, *, seed: int
         samples.loc[drop, "reason"] = "not_shortest"
 
     by_id = {r["id"]: r for _, r in rows.iterrows()}
-    kept_rows = []
-    for _, s in samples[samples["kept"]].iterrows():
-        kept_rows.append(_trace(by_id[s["id"]], s["response"], int(s["num_tokens"]), "teacher", cfg.prompt_template))
+    kept_rows = [_trace(by_id[s["id"]], s["response"], int(s["num_tokens"]), "teacher", cfg.prompt_template)
+                 for _, s in samples[samples["kept"]].iterrows()]
     n_reference = 0
     if cfg.fallback == "reference":
         covered = {r["id"] for r in kept_rows}
-        references, _ = reference_traces(rows[~rows["id"].isin(covered)], cfg.prompt_template, tokenizer)
+        references, _ = reference_traces(rows[~rows["id"].isin(covered)], cfg.prompt_template, teacher)
         kept_rows += references.to_dict("records")
         n_reference = len(references)
     kept = pd.DataFrame(kept_rows, columns=TRACE_COLUMNS)
@@ -151,7 +219,10 @@ def rejection_sample(model, tokenizer, problems: pd.DataFrame, cfg, *, seed: int
 
 
 def _trace(problem_row, response: str, num_tokens: int, origin: str, template: str) -> dict:
-    """One SFT row in TRL's conversational prompt-completion format."""
-    return {"id": problem_row["id"], "source": problem_row.get("source", ""), "answer": str(problem_row["answer"]),
-            "origin": origin, "num_tokens": num_tokens, "prompt": messages(problem_row["problem"], template),
-            "completion": [{"role": "assistant", "content": response.strip()}]}
+    """One SFT row: TRL's conversational prompt-completion format plus the whole ``messages``."""
+    prompt = messages(problem_row["problem"], template)
+    completion = [{"role": "assistant", "content": response.strip()}]
+    return {"id": problem_row["id"], "source": problem_row.get("source", ""),
+            "level": int(problem_row.get("level", 0) or 0), "answer": str(problem_row["answer"]),
+            "origin": origin, "num_tokens": num_tokens, "prompt": prompt, "completion": completion,
+            "messages": prompt + completion}

@@ -39,7 +39,7 @@ def sft_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> SFTConfig:
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        packing=False,
+        packing=cfg.packing,
     )
     return trl_config(SFTConfig, "sft", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
 

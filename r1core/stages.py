@@ -227,32 +227,86 @@ def grpo(recipe: Recipe, name: str, parent_run_id: str, data: str, model: str) -
 
 
 # ---------------------------------------------------------------- rejection sampling
-def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str, teacher: str) -> dict[str, Any]:
-    """Sample k completions per problem of data set ``data`` (a URI) from ``teacher`` (a model URI
-    or reference); keep verified ones as SFT traces (a data set)."""
+def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str, teacher: str | None = None
+                       ) -> dict[str, Any]:
+    """Sample k responses per problem of data set ``data`` (a URI) from the teacher: ``teacher``
+    (a model URI or reference) or the stage's ``endpoint``; keep the ones that pass every filter
+    as SFT traces (a data set whose lineage names the teacher and the prompt set).
+
+    Sampling is resumable: the sample log lives in a work folder keyed by the teacher, the
+    problems and the sampling settings, so a rerun after a crash or an endpoint outage samples only
+    the problems not yet done; the folder is removed when the stage succeeds.
+    """
     from r1core.rejection import rejection_sample
 
     cfg = recipe.stages[name]
-    dataset_uri, teacher_uri = data, teacher
+    dataset_uri = data
     with _stage_run(recipe, name, parent_run_id) as run:
         problems = tracking.read_dataset(dataset_uri).head(cfg.num_problems)
         tracking.log_input(tracking.pandas_dataset(problems, dataset_uri, "curated", "answer"), "training")
-        mlflow.set_tags({"r1.teacher": teacher_uri})
-        mlflow.log_params({f"rejection.{k}": v for k, v in cfg.model_dump().items()})
-        model, tok = models.load_model_and_tokenizer(teacher_uri, for_inference=True)
+        teacher_obj = _teacher(recipe, cfg, teacher)
+        mlflow.set_tags({"r1.teacher": teacher_obj.id, "r1.prompts": dataset_uri})
+        mlflow.log_params({f"rejection.{k}": v for k, v in _loggable(cfg.model_dump()).items()})
+        settings = cfg.model_dump(mode="json", include={"num_samples", "max_new_tokens", "temperature", "top_p",
+                                                         "prompt_template", "prefill", "shard_size"})
+        folder = work_dir("rejection", sha(json.dumps([teacher_obj.id, dataset_uri, cfg.num_problems, settings,
+                                                       recipe.seed], sort_keys=True)))
         t0 = time.perf_counter()
-        kept, samples, stats = rejection_sample(model, tok, problems, cfg, seed=recipe.seed,
-                                                progress=progress("rejection_sampling"))
+        kept, samples, stats = rejection_sample(
+            teacher_obj, problems, cfg, seed=recipe.seed, folder=folder,
+            progress=lambda d, t: logger.info("%s: %d/%d problems sampled", name, d, t))
         stats["sampling_seconds"] = time.perf_counter() - t0
         mlflow.log_metrics(finite(stats))
         tracking.log_table(samples.drop(columns=["response"]).assign(response=samples["response"].str[:2000]),
                            "samples/rejection_samples.json")
-        by_source = samples.groupby("source")["kept"].mean().to_dict() if len(samples) else {}
-        mlflow.log_metrics({f"acceptance_rate/{k}": float(v) for k, v in by_source.items()})
-        uri, _ = tracking.log_dataset(kept, "sft_traces", "generated", targets="answer")
+        for column in ("source", "level"):
+            rates = samples.groupby(column)["kept"].mean().to_dict() if len(samples) else {}
+            mlflow.log_metrics({f"acceptance_rate/{column}_{k}" if column == "level" else f"acceptance_rate/{k}":
+                                float(v) for k, v in rates.items()})
+        uri, _ = tracking.log_dataset(kept, "sft_traces", "generated", targets="answer",
+                                      tags={"r1.teacher": teacher_obj.id, "r1.prompts": dataset_uri})
+        shutil.rmtree(folder, ignore_errors=True)
         return {"run_id": run.info.run_id, "dataset_uri": uri, "digest": tracking.dataset_digest(uri) or "",
                 "num_kept": int(stats["num_kept"]), "acceptance_rate": float(stats["acceptance_rate"]),
-                "teacher": teacher_uri}
+                "teacher": teacher_obj.id}
+
+
+def _loggable(settings: dict) -> dict:
+    """Flatten the endpoint settings for ``log_params`` (its API key is never in them: only the
+    name of the variable that holds it)."""
+    flat = {k: v for k, v in settings.items() if k != "endpoint"}
+    for k, v in (settings.get("endpoint") or {}).items():
+        flat[f"endpoint.{k}"] = v
+    return flat
+
+
+def _teacher(recipe: Recipe, cfg, teacher_ref: str | None):
+    """The stage's :class:`r1core.teachers.Teacher`: the endpoint, vLLM (CUDA + vllm, engine
+    auto/vllm) or a transformers model in this process."""
+    from r1core import teachers
+
+    if cfg.endpoint is not None:
+        from transformers import AutoTokenizer
+
+        ep = cfg.endpoint
+        try:  # the base model's tokenizer counts the tokens of worked-solution traces
+            tok = AutoTokenizer.from_pretrained(models.resolve_model(recipe.model).path)
+        except (OSError, ValueError):
+            tok = None
+        return teachers.EndpointTeacher(ep.base_url, ep.model, template=cfg.prompt_template,
+                                        api_key_env=ep.api_key_env, max_concurrency=ep.max_concurrency,
+                                        timeout_s=ep.timeout_s, max_retries=ep.max_retries, use_n=ep.use_n,
+                                        tokenizer=tok)
+    from r1core.grpo import vllm_available
+
+    if cfg.engine == "vllm" or (cfg.engine == "auto" and vllm_available()):
+        return teachers.VLLMTeacher(models.resolve_model(teacher_ref).path, teacher_ref, template=cfg.prompt_template,
+                                    prefill=cfg.prefill)
+    model, tok = models.load_model_and_tokenizer(teacher_ref, for_inference=True)
+    local = teachers.LocalTeacher(model, tok, teacher_ref, template=cfg.prompt_template, prefill=cfg.prefill,
+                                  batch_size=cfg.batch_size)
+    local.on_batch = progress("rejection_sampling")
+    return local
 
 
 # ---------------------------------------------------------------- sft

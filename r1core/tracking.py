@@ -40,7 +40,7 @@ TAG_FLOW_RUN_URL = "prefect.flow_run_url"
 _LOG_INPUT_LOCK = threading.Lock()
 
 
-def log_input(dataset, context: str, attempts: int = 3) -> None:
+def log_input(dataset, context: str, tags: dict[str, str] | None = None, attempts: int = 3) -> None:
     """``mlflow.log_input`` that is safe when stages run concurrently.
 
     MLflow's SQL store checks for an existing dataset, then inserts it; two runs logging the same
@@ -51,7 +51,7 @@ def log_input(dataset, context: str, attempts: int = 3) -> None:
     for attempt in range(attempts):
         try:
             with _LOG_INPUT_LOCK:
-                mlflow.log_input(dataset, context=context)
+                mlflow.log_input(dataset, context=context, tags=tags)
             return
         except mlflow.exceptions.MlflowException as err:
             if "UNIQUE constraint" not in str(err) or attempt == attempts - 1:
@@ -148,7 +148,7 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
 
 
 def log_dataset(df: pd.DataFrame, name: str, context: str, source: str | None = None,
-                targets: str | None = None) -> tuple[str, Any]:
+                targets: str | None = None, tags: dict[str, str] | None = None) -> tuple[str, Any]:
     """Log ``df`` as an input of the active run and store it as ``data/<name>.jsonl``.
 
     Args:
@@ -157,6 +157,7 @@ def log_dataset(df: pd.DataFrame, name: str, context: str, source: str | None = 
         context: ``training``, ``evaluation`` or ``generated``.
         source: where it came from (a path or URI); defaults to the stored artifact's URI.
         targets: the label column, if any.
+        tags: tags of this dataset input (lineage: e.g. the teacher that generated it).
 
     Returns:
         ``(artifact_uri, mlflow_dataset)``; the URI (``runs:/<run>/data/<name>.jsonl``) is what
@@ -172,7 +173,7 @@ def log_dataset(df: pd.DataFrame, name: str, context: str, source: str | None = 
         df.to_json(path, orient="records", lines=True, force_ascii=False)
         mlflow.log_artifact(str(path), artifact_path="data")
     dataset = pandas_dataset(df, source or uri, name, targets)
-    log_input(dataset, context)
+    log_input(dataset, context, tags)
     return uri, dataset
 
 

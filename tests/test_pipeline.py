@@ -64,7 +64,8 @@ def test_datasets_are_logged_with_contexts(pipeline_runs):
 
     def inputs(stage):
         run = client.get_run(first[stage]["run_id"])
-        return {(d.dataset.name, d.tags[0].value if d.tags else "") for d in run.inputs.dataset_inputs}
+        return {(d.dataset.name, next((t.value for t in d.tags if t.key == "mlflow.data.context"), ""))
+                for d in run.inputs.dataset_inputs}
 
     assert ("curated", "training") in inputs("curate")
     assert ("sft_traces", "generated") in inputs("rejection_sampling")
@@ -72,6 +73,10 @@ def test_datasets_are_logged_with_contexts(pipeline_runs):
     assert {("math500", "evaluation"), ("aime24", "evaluation")} <= inputs("evaluate")
     cur = client.get_run(first["curate"]["run_id"]).data.metrics
     assert cur["decontaminated/gsm8k_test"] == 94 and cur["gold_unparsable_removed"] == 0  # 8-gram overlap
+    traces = [d for d in client.get_run(first["rejection_sampling"]["run_id"]).inputs.dataset_inputs
+              if d.dataset.name == "sft_traces"][0]
+    lineage = {t.key: t.value for t in traces.tags}
+    assert lineage["r1.teacher"] == first["grpo"]["model_uri"] and lineage["r1.prompts"] == first["curate"]["dataset_uri"]
     rs = client.get_run(first["rejection_sampling"]["run_id"]).data.metrics
     assert rs["num_kept"] >= 1 and rs["num_kept"] == rs["num_kept_teacher"] + rs["num_kept_reference"]
 

@@ -157,7 +157,8 @@ def test_docstring_examples_run():
 
     import r1core.evaluation
     import r1core.rewards
+    import r1core.teachers
 
-    for module in (r1core.rewards, r1core.evaluation):
+    for module in (r1core.rewards, r1core.evaluation, r1core.teachers):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
