@@ -42,7 +42,9 @@ class LlamaServer:
         fh = self.log.open("a")
         self.proc = subprocess.Popen(
             [str(self.python), "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", "smollm2",
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
+             # one thread: with two, every request slows badly while the machine is busy (measured)
+             "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"],
             stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -90,6 +92,7 @@ def _recipe(url: str, name: str, **endpoint):
 
 def test_sampling_from_the_server_names_the_teacher_and_never_logs_the_key(server, data_dir, monkeypatch):
     monkeypatch.setenv("R1_TEST_TEACHER_KEY", SECRET)
+    # use_n=true: the server returns one choice for n=2, so the teacher asks again for the second
     recipe = _recipe(server.url, "endpoint-sampling", api_key_env="R1_TEST_TEACHER_KEY", max_concurrency=2)
     parent = stages.start_pipeline(recipe)
     cur = stages.curate(recipe, "curate", parent)
@@ -125,7 +128,8 @@ def test_missing_api_key_fails_before_sampling(server, data_dir, monkeypatch):
 def test_outage_mid_run_loses_nothing_and_the_rerun_samples_only_the_rest(server, data_dir):
     from r1core.teachers import EndpointError
 
-    recipe = _recipe(server.url, "endpoint-outage", max_concurrency=1, max_retries=1, timeout_s=20)
+    # llama.cpp's server answers n=2 with one choice; use_n=false asks once per sample from the start
+    recipe = _recipe(server.url, "endpoint-outage", max_concurrency=1, max_retries=1, timeout_s=120, use_n=False)
     parent = stages.start_pipeline(recipe)
     cur = stages.curate(recipe, "curate", parent)
     work = Path(os.environ["R1_STATE_DIR"]) / "work" / "rejection"
@@ -150,7 +154,7 @@ def test_outage_mid_run_loses_nothing_and_the_rerun_samples_only_the_rest(server
     server.start()
     before = server.requests_served()
     out = stages.rejection_sampling(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
-    assert server.requests_served() - before == 6 - len(first)  # one request (n=2) per remaining problem
+    assert server.requests_served() - before == 2 * (6 - len(first))  # k=2 requests per remaining problem only
 
     client = MlflowClient()
     path = client.download_artifacts(out["run_id"], "samples/rejection_samples.json")
