@@ -44,6 +44,18 @@ def sft_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> SFTConfig:
     return trl_config(SFTConfig, "sft", defaults, cfg.args, output_dir=output_dir, seed=seed, use_cpu=use_cpu)
 
 
+def build_trainer(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> SFTTrainer:
+    """TRL's ``SFTTrainer`` over ``traces`` (conversational prompt-completion rows): the chat
+    template renders each row, and the loss (``labels``, -100 elsewhere) covers the assistant turn
+    only, its end-of-turn token included."""
+    import torch
+
+    args = sft_args(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available())
+    dataset = Dataset.from_dict({"prompt": list(traces["prompt"]), "completion": list(traces["completion"])})
+    tokenizer.padding_side = "right"
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
 def train_sft(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:
     """Fine-tune ``model`` on ``traces`` (rows with ``prompt`` and ``completion`` messages); save to ``output_dir``.
 
@@ -52,17 +64,12 @@ def train_sft(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed
     Raises:
         NoTracesError: ``traces`` is empty (say how to get traces).
     """
-    import torch
-
     if len(traces) == 0:
         raise NoTracesError(
             "Rejection sampling kept no traces, so there is nothing to distil. Raise "
             "rejection_sampling.num_samples or num_problems, lower its difficulty, or use a stronger teacher."
         )
-    args = sft_args(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available())
-    dataset = Dataset.from_dict({"prompt": list(traces["prompt"]), "completion": list(traces["completion"])})
-    tokenizer.padding_side = "right"
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = build_trainer(model, tokenizer, traces, cfg, output_dir, seed)
     result = trainer.train()
     trainer.save_model(output_dir)
     tokenizer.padding_side = "left"
