@@ -8,6 +8,7 @@ Deployments:
 - ``nightly-eval/nightly-eval``: evaluates the registry's ``champion`` and ``challenger`` every
   night at ``R1_NIGHTLY_CRON`` (default ``0 2 * * *``, 02:00 UTC), publishes the deltas as a
   markdown artifact and ends Failed on a regression.
+- ``promote/promote``: moves ``champion`` to ``challenger`` when it passes the recipe's gate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prefect import serve  # noqa: E402
 from flows.evaluate import evaluate  # noqa: E402
 from flows.nightly import nightly_eval  # noqa: E402
 from flows.pipeline import r1_pipeline  # noqa: E402
+from flows.promote import promote  # noqa: E402
 
 NIGHTLY_CRON = os.environ.get("R1_NIGHTLY_CRON", "0 2 * * *")
 
@@ -38,6 +40,9 @@ def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-q
                                    parameters={"recipe": recipe, "model_name": model_name},
                                    description="Nightly evaluation of the registry's champion and challenger.",
                                    tags=["r1", "nightly"]),
+        promote.to_deployment(name="promote", parameters={"recipe": recipe, "model_name": model_name},
+                              description="Promote the challenger to champion through the recipe's gate.",
+                              tags=["r1", "registry"]),
     ]
 
 

@@ -147,3 +147,44 @@ def test_budget_forcing_sweep_is_logged(pipeline_runs):
             assert f"{bench}/budget/{budget}/pass_at_1" in run.data.metrics
     files = {a.path for a in client.list_artifacts(run.info.run_id, "budget_forcing")}
     assert {"budget_forcing/accuracy_vs_budget.png", "budget_forcing/results.json"} <= files
+
+
+def test_promote_moves_champion_only_through_the_gate_and_is_idempotent(pipeline_runs):
+    """Versions with recorded metrics: better on MATH-500 -> promoted; better but AIME down beyond
+    noise -> kept; worse -> kept; re-running changes nothing; no version is ever deleted."""
+    import mlflow
+
+    from flows.promote import promote
+
+    first, _, path = pipeline_runs
+    client = MlflowClient()
+    name = "promote-test"
+    client.create_registered_model(name)
+
+    def version(math500: float, aime: float) -> str:
+        tags = {"r1.metric.math500/pass_at_1": str(math500), "r1.metric.math500/pass_at_1_stderr": "0.02",
+                "r1.metric.aime24/pass_at_1": str(aime), "r1.metric.aime24/pass_at_1_stderr": "0.02"}
+        return mlflow.register_model(first["sft"]["model_uri"], name, tags=tags).version
+
+    v1 = version(0.30, 0.10)
+    client.set_registered_model_alias(name, "champion", v1)
+    v2 = version(0.40, 0.10)
+    client.set_registered_model_alias(name, "challenger", v2)
+    out = promote(model_name=name, recipe=path)
+    assert out["promoted"] and client.get_model_version_by_alias(name, "champion").version == v2
+    assert client.get_model_version(name, v2).tags["r1.promote.decision"].startswith(f"promoted v{v2}")
+    assert client.get_model_version(name, v1).tags["r1.promote.compared_with"] == f"v{v2}"
+    again = promote(model_name=name, recipe=path)
+    assert not again["promoted"] and "already champion" in again["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == v2
+
+    v3 = version(0.50, 0.00)  # AIME drop 0.10 > 2 * sqrt(0.02^2 + 0.02^2)
+    client.set_registered_model_alias(name, "challenger", v3)
+    out = promote(model_name=name, recipe=path)
+    assert not out["promoted"] and "aime24 regressed beyond noise" in out["reason"]
+    v4 = version(0.35, 0.10)
+    client.set_registered_model_alias(name, "challenger", v4)
+    out = promote(model_name=name, recipe=path, min_margin=0.0)
+    assert not out["promoted"] and "0.35 <= 0.4" in out["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == v2
+    assert len(client.search_model_versions(f"name='{name}'")) == 4
