@@ -28,6 +28,8 @@ def r1_pipeline(
     recipe: Annotated[str, Field(description="Path of the recipe YAML (relative to the project).")] = "recipes/quickstart.yaml",
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. grpo.max_steps=2")] = [],
     fresh: Annotated[bool, Field(description="Re-run every stage even when a cached result exists.")] = False,
+    targets: Annotated[list[str] | None, Field(description="Run only these stages (names or types) and what "
+                                                           "they need; default: every stage.")] = None,
 ) -> dict:
     """Run a recipe's stages in dependency order and return every stage's outputs (run ids, URIs, metrics).
 
@@ -35,10 +37,65 @@ def r1_pipeline(
         recipe: Path of the recipe YAML, relative to the project (see recipes/).
         overrides: key=value recipe overrides, e.g. grpo.max_steps=2 (grpo names a stage).
         fresh: Re-run every stage even when a cached result exists.
+        targets: Run only these stages (names or types, e.g. grpo) and the stages they need.
     """
+    return run_recipe(recipe, overrides, fresh, targets)
+
+
+@flow(name="curate")
+def curate(
+    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/quickstart.yaml",
+    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. curate.num_problems=500")] = [],
+    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
+) -> dict:
+    """Run the recipe's curate stages: the curated data set, logged to MLflow with its digest.
+
+    Args:
+        recipe: Path of the recipe YAML, relative to the project (see recipes/).
+        overrides: key=value recipe overrides, e.g. curate.num_problems=500.
+        fresh: Re-run even when a cached result exists.
+    """
+    return run_recipe(recipe, overrides, fresh, ["curate"])
+
+
+@flow(name="grpo")
+def grpo(
+    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/quickstart.yaml",
+    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. grpo.max_steps=100")] = [],
+    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
+) -> dict:
+    """Run the recipe's grpo stages and the stages they need (cached ones are reused).
+
+    Args:
+        recipe: Path of the recipe YAML, relative to the project (see recipes/).
+        overrides: key=value recipe overrides, e.g. grpo.max_steps=100.
+        fresh: Re-run even when a cached result exists.
+    """
+    return run_recipe(recipe, overrides, fresh, ["grpo"])
+
+
+@flow(name="distill")
+def distill(
+    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/distill.yaml",
+    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. rejection_sampling.num_samples=8")] = [],
+    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
+) -> dict:
+    """Run the recipe's rejection sampling and sft stages (teacher traces -> student) and what they need.
+
+    Args:
+        recipe: Path of the recipe YAML, relative to the project (see recipes/).
+        overrides: key=value recipe overrides, e.g. rejection_sampling.num_samples=8.
+        fresh: Re-run even when a cached result exists.
+    """
+    return run_recipe(recipe, overrides, fresh, ["rejection_sampling", "sft"])
+
+
+def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str] | None) -> dict:
+    """The body of every pipeline flow: check, open the parent run, run the stage waves, summarise."""
     log = get_run_logger()
     cfg = load_recipe(recipe, overrides)  # the stage graph is checked here
     stages.validate(cfg)  # bad data/model/reward names fail here, before any training
+    selected = graph.select(cfg, targets) if targets else list(cfg.stages)
     rj = cfg.to_json()
     opts = {"refresh_cache": True} if fresh else {}
     parent = stages.start_pipeline(cfg, flow_run.get_id(), flow_run.get_flow_run_ui_url())
@@ -46,11 +103,13 @@ def r1_pipeline(
 
     out: dict[str, dict] = {"base": tasks.base_model(rj)}
     for wave in graph.waves(cfg):
+        wave = [name for name in wave if name in selected]
         for i in range(0, len(wave), cfg.concurrency):
             batch = wave[i : i + cfg.concurrency]
             futures = {name: _submit(cfg, rj, name, parent, out, opts) for name in batch}
             out.update({name: f.result() for name, f in futures.items()})
-        log.info("stages done: %s", ", ".join(wave))
+        if wave:
+            log.info("stages done: %s", ", ".join(wave))
 
     summary.finish_pipeline(cfg, parent, out)
     table = summary.markdown(cfg, parent, out)

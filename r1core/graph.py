@@ -117,6 +117,24 @@ def ancestors(recipe: Recipe, name: str) -> list[str]:
     return [s for s in recipe.stages if s in seen]
 
 
+def select(recipe: Recipe, targets: list[str]) -> list[str]:
+    """The stages to run for ``targets`` (stage names or types): those stages and every stage
+    they depend on, in recipe order.
+
+    Raises:
+        RecipeError: a target that is neither a stage nor a stage type of the recipe.
+    """
+    chosen: set[str] = set()
+    for target in targets:
+        names = [target] if target in recipe.stages else recipe.stages_of_type(target)
+        if not names:
+            raise RecipeError(f"{target!r} is neither a stage nor a stage type of recipe {recipe.name} "
+                              f"(its stages: {', '.join(recipe.stages)}).")
+        for name in names:
+            chosen.update([name, *ancestors(recipe, name)])
+    return [s for s in recipe.stages if s in chosen]
+
+
 def resolve_inputs(recipe: Recipe, name: str, outputs: dict[str, dict]) -> dict[str, Any]:
     """The values a stage's inputs take, given earlier outputs (``outputs["base"]`` is the base model).
 

@@ -57,7 +57,7 @@ def finish_pipeline(recipe: Recipe, parent_run_id: str, out: dict[str, dict]) ->
         client.log_metric(parent_run_id, mlflow_key(k), float(v))
     tags = {f"r1.run.{s}": o["run_id"] for s, o in out.items() if isinstance(o, dict) and "run_id" in o}
     tags.update({f"r1.model.{s}": o["model_uri"] for s, o in out.items() if isinstance(o, dict) and "model_uri" in o})
-    for name in recipe.stages_of_type("register"):
+    for name in (n for n in recipe.stages_of_type("register") if n in out):
         tags["r1.registered"] = f"models:/{out[name]['name']}/{out[name]['version']}"
     for k, v in tags.items():
         client.set_tag(parent_run_id, k, v)

@@ -112,6 +112,15 @@ def test_rerun_skips_completed_stages(pipeline_runs):
     assert second["parent_run_id"] != first["parent_run_id"]
 
 
+def test_stage_flows_run_their_stages_and_reuse_the_cache(pipeline_runs):
+    from flows.pipeline import grpo
+
+    first, _, path = pipeline_runs
+    out = grpo(recipe=path)
+    assert set(out) == {"parent_run_id", "base", "curate", "grpo"}  # grpo and what it needs, nothing after
+    assert out["grpo"]["run_id"] == first["grpo"]["run_id"]  # completed before: from the cache
+
+
 def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
     from flows.nightly import nightly_eval
 
