@@ -77,11 +77,30 @@ def rows(recipe: Recipe, out: dict[str, dict]) -> list[tuple[str, str, str]]:
     return table
 
 
+def mlflow_ui_url(path: str) -> str | None:
+    """A link into the MLflow UI (``#/experiments/...``) when tracking talks to an MLflow server
+    (``MLFLOW_TRACKING_URI=http...``); ``None`` for a local SQLite store, which has no UI address."""
+    uri = mlflow.get_tracking_uri()
+    return f"{uri.rstrip('/')}/#/{path}" if uri.startswith(("http://", "https://")) else None
+
+
 def markdown(recipe: Recipe, parent_run_id: str, out: dict[str, dict]) -> str:
-    """A markdown table of the run (published as a Prefect artifact)."""
+    """A markdown table of the run (published as a Prefect artifact), linked to the MLflow UI."""
+    client = MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+
+    def run_link(run_id: str) -> str:
+        url = mlflow_ui_url(f"experiments/{exp}/runs/{run_id}") if run_id else None
+        return f"[`{run_id}`]({url})" if url else f"`{run_id}`"
+
     lines = [f"# R1 pipeline: {recipe.name}", "", f"MLflow experiment `{recipe.experiment_name}`, "
-             f"parent run `{parent_run_id}`", "", "| stage | MLflow run | headline |", "|---|---|---|"]
-    lines += [f"| {s} | `{r}` | {h} |" for s, r, h in rows(recipe, out)]
+             f"parent run {run_link(parent_run_id)}", "", "| stage | MLflow run | headline |", "|---|---|---|"]
+    lines += [f"| {s} | {run_link(r)} | {h} |" for s, r, h in rows(recipe, out)]
+    for name in (n for n in recipe.stages_of_type("register") if n in out):
+        reg = out[name]
+        url = mlflow_ui_url(f"models/{reg['name']}/versions/{reg['version']}")
+        label = f"`models:/{reg['name']}/{reg['version']}`"
+        lines += ["", f"Registered: {f'[{label}]({url})' if url else label} (aliases: {', '.join(reg['aliases'])})"]
     return "\n".join(lines)
 
 

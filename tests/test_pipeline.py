@@ -197,3 +197,18 @@ def test_promote_moves_champion_only_through_the_gate_and_is_idempotent(pipeline
     assert not out["promoted"] and "0.35 <= 0.4" in out["reason"]
     assert client.get_model_version_by_alias(name, "champion").version == v2
     assert len(client.search_model_versions(f"name='{name}'")) == 4
+
+
+def test_summary_links_runs_and_the_registered_version(pipeline_runs, monkeypatch):
+    from r1core import summary
+    from r1core.config import load_recipe
+
+    first, _, path = pipeline_runs
+    recipe = load_recipe(path)
+    plain = summary.markdown(recipe, first["parent_run_id"], first)  # SQLite store: no UI address
+    assert f"| sft | `{first['sft']['run_id']}` |" in plain
+    assert f"Registered: `models:/{first['register']['name']}/{first['register']['version']}`" in plain
+    monkeypatch.setattr(summary, "mlflow_ui_url", lambda p: f"http://mlflow.test/#/{p}")
+    linked = summary.markdown(recipe, first["parent_run_id"], first)
+    assert f"/runs/{first['sft']['run_id']})" in linked
+    assert f"(http://mlflow.test/#/models/{first['register']['name']}/versions/{first['register']['version']})" in linked
