@@ -11,7 +11,7 @@ endif
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv teacher-server demo test test-slow bench clean-state
+.PHONY: venv teacher-server browser-deps demo test test-slow bench clean-state
 
 venv: $(STAMP)
 
@@ -42,7 +42,12 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/r1 pipeline --recipe recipes/quickstart.yaml
 
-test: venv teacher-server
+# Debian's chromium for the `browser` tests (Playwright drives it; no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+test: venv teacher-server browser-deps
 	$(PY) -m pytest -q
 
 test-slow: venv

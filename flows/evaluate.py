@@ -17,7 +17,7 @@ from r1core.config import evaluation_recipe, load_recipe  # noqa: E402
 
 @flow(name="evaluate")
 def evaluate(
-    model: Annotated[str, Field(description="MLflow model URI, hub id or path.")] = "models:/r1-student@champion",
+    model: Annotated[str, Field(description="MLflow model URI, hub id or path.")] = "models:/r1-quickstart-student@champion",
     recipe: Annotated[str, Field(description="Recipe whose evaluate stage sets the protocol.")] = "recipes/quickstart.yaml",
     overrides: Annotated[list[str], Field(description="key=value overrides, e.g. evaluate.limit=50")] = [],
     benchmarks: Annotated[list[str] | None, Field(description="Benchmarks (aime24, math500, amc23, gsm8k).")] = None,

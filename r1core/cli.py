@@ -4,6 +4,8 @@
 - ``r1 eval --model MODEL [--recipe R] [--benchmarks math500,aime24] [--num-samples K] [--limit N] [--max-new-tokens T]
   [--budgets 64,128,256 [--num-waits M]]``
 - ``r1 recipe --recipe R [--set ...]``: validate a recipe and print it resolved.
+- ``r1 ui [--prefect-port 4200] [--mlflow-port 5000]``: start the Prefect and MLflow servers (UIs).
+- ``r1 serve [--prefect-api-url URL]``: serve the deployments against that Prefect server.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-waits", type=int, default=None, help="budget forcing: times 'Wait' extends the thinking")
     r = sub.add_parser("recipe", help="validate a recipe and print it with overrides applied")
     _common(r)
+    u = sub.add_parser("ui", help="start prefect server and mlflow server on 127.0.0.1 and print their URLs")
+    u.add_argument("--prefect-port", type=int, default=4200)
+    u.add_argument("--mlflow-port", type=int, default=5000)
+    s = sub.add_parser("serve", help="serve the deployments (Run them from the Prefect UI)")
+    s.add_argument("--prefect-api-url", default=None, help="default: $PREFECT_API_URL or http://127.0.0.1:4200/api")
     return parser
 
 
@@ -66,10 +73,24 @@ def main(argv: list[str] | None = None) -> int:
             return _pipeline(args)
         if args.command == "eval":
             return _eval(args)
-    except (RecipeError, DataError, ModelNotFoundError, ValueError) as err:
+        if args.command in ("ui", "serve"):
+            from r1core import servers
+            from r1core.settings import configure_environment
+
+            if args.command == "ui":
+                return servers.ui(args.prefect_port, args.mlflow_port)
+            configure_environment()
+            return servers.serve(args.prefect_api_url)
+    except (RecipeError, DataError, ModelNotFoundError, ValueError, servers_error()) as err:
         print(f"r1: error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def servers_error() -> type:
+    from r1core.servers import ServerStartError
+
+    return ServerStartError
 
 
 def _pipeline(args) -> int:

@@ -169,5 +169,5 @@ def logged_model_id(uri: str) -> str | None:
 def _standalone_run(recipe: Recipe, name: str):
     exp_id = tracking.setup(recipe.experiment_name)
     return mlflow.start_run(experiment_id=exp_id, run_name=name,
-                            tags={**tracking.environment_tags(), tracking.TAG_STAGE: name,
+                            tags={**tracking.environment_tags(), **tracking.orchestrator_tags(), tracking.TAG_STAGE: name,
                                   "r1.stage_type": "evaluate", tracking.TAG_RECIPE: recipe.name})

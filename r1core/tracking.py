@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -113,6 +114,24 @@ def environment_tags() -> dict[str, str]:
         "r1.version.mlflow": mlflow.__version__,
         "r1.python": platform.python_version(),
     }
+
+
+def orchestrator_tags() -> dict[str, str]:
+    """``prefect.flow_run_id`` and ``prefect.flow_run_url`` when called inside a Prefect flow run
+    (so a run started outside a pipeline still links back to it); empty otherwise. Prefect is
+    only consulted when the caller has imported it: stage code itself never imports Prefect."""
+    if "prefect" not in sys.modules:
+        return {}
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return {}
+    tags = {TAG_FLOW_RUN: run_id}
+    url = flow_run.get_flow_run_ui_url()
+    if url:
+        tags[TAG_FLOW_RUN_URL] = url
+    return tags
 
 
 def start_parent_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:

@@ -137,6 +137,7 @@ def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
     assert r2["champion"]["regressions"] == []
     tags = MlflowClient().get_run(r2["champion"]["run_id"]).data.tags
     assert tags["r1.regression"] == "false" and tags["r1.evaluated_model"] == f"models:/{name}@champion"
+    assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_url"]  # the nightly flow run, linked back
     import mlflow
 
     from r1core.stages import logged_model_id

@@ -1,0 +1,128 @@
+"""``r1 ui`` and ``r1 serve``: the real Prefect and MLflow servers on this machine.
+
+``r1 ui`` starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store and
+artifacts folder) on 127.0.0.1, waits until both answer, prints their URLs and the two variables
+that point flows at them, and stops both on Ctrl-C. ``r1 serve`` serves the deployments
+(:mod:`deployments.serve`) against that Prefect server, so Run in the Prefect UI executes here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1core.settings import artifact_root, state_dir
+
+
+class ServerStartError(RuntimeError):
+    """A server did not come up; the message carries the end of its log."""
+
+
+@dataclass
+class Servers:
+    """The two server processes and their addresses."""
+
+    prefect: subprocess.Popen
+    mlflow: subprocess.Popen
+    prefect_url: str
+    mlflow_url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables that send flows and tracking to these servers."""
+        return {"PREFECT_API_URL": f"{self.prefect_url}/api", "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+    def stop(self) -> None:
+        for proc in (self.prefect, self.mlflow):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in (self.prefect, self.mlflow):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises:
+        ServerStartError: the process exited, or ``timeout`` seconds passed (with the log's end).
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{proc.args[0]} exited with {proc.returncode}; end of {log}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise ServerStartError(f"{url} did not answer within {timeout:.0f} s; see {log}")
+
+
+def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 180) -> Servers:
+    """Start both servers on 127.0.0.1 and wait until they answer (logs under ``<state>/servers``).
+
+    Raises:
+        ServerStartError: a server did not come up (the message carries its log's end).
+    """
+    logs = state_dir() / "servers"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(state_dir() / "prefect")),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+    p_log, m_log = logs / "prefect.log", logs / "mlflow.log"
+    prefect = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                               stdout=p_log.open("w"), stderr=subprocess.STDOUT, env=env)
+    mlflow = subprocess.Popen([_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                               "--backend-store-uri", f"sqlite:///{state_dir() / 'mlflow.db'}",
+                               "--default-artifact-root", artifact_root()],
+                              stdout=m_log.open("w"), stderr=subprocess.STDOUT, env=env)
+    servers = Servers(prefect, mlflow, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
+    try:
+        wait_for(f"{servers.prefect_url}/api/health", prefect, p_log, timeout)
+        wait_for(f"{servers.mlflow_url}/health", mlflow, m_log, timeout)
+    except ServerStartError:
+        servers.stop()
+        raise
+    return servers
+
+
+def ui(prefect_port: int, mlflow_port: int) -> int:
+    """``r1 ui``: start both servers, print where they are, wait for Ctrl-C."""
+    servers = start(prefect_port, mlflow_port)
+    print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
+          "Send flows and tracking there (in another shell):\n"
+          + "".join(f"  export {k}={v}\n" for k, v in servers.env.items())
+          + "  r1 serve     # serve the deployments: Run them from the Prefect UI\n\nCtrl-C stops both servers.",
+          flush=True)
+    try:
+        while servers.prefect.poll() is None and servers.mlflow.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.stop()
+    return 0
+
+
+def serve(prefect_api_url: str | None) -> int:
+    """``r1 serve``: serve the deployments against the Prefect server at ``prefect_api_url``."""
+    os.environ.setdefault("PREFECT_API_URL", prefect_api_url or "http://127.0.0.1:4200/api")
+    from deployments.serve import deployments
+    from prefect import serve as prefect_serve
+
+    print(f"serving {len(deployments())} deployments against {os.environ['PREFECT_API_URL']} (Ctrl-C stops)", flush=True)
+    prefect_serve(*deployments())
+    return 0
