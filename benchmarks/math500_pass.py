@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         problems = problems.head(args.limit)
     path = state_dir() / "work" / "bench" / f"math500-{len(problems)}-{args.max_new_tokens}-{args.batch_size}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     resumed = path.exists()
     # Seconds spent so far, appended after every batch: a pass split over several runs (the
     # per-sample JSONL resumes) still reports the time of the whole pass, not of its last part.
