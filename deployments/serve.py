@@ -54,5 +54,19 @@ def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-q
     ]
 
 
+def main(prefect_api_url: str | None = None) -> int:
+    """``r1 serve``: serve the deployments against ``prefect_api_url`` (default: ``$PREFECT_API_URL``,
+    else the local ``r1 ui`` server at http://127.0.0.1:4200/api)."""
+    import prefect.settings
+
+    url = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+    os.environ["PREFECT_API_URL"] = url  # the flow-run processes it starts inherit it
+    deps = deployments()
+    print(f"serving {len(deps)} deployments against {url} (Ctrl-C stops)", flush=True)
+    with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: url}):
+        serve(*deps)
+    return 0
+
+
 if __name__ == "__main__":
-    serve(*deployments())
+    main()

@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             return _pipeline(args)
         if args.command == "eval":
             return _eval(args)
-        if args.command in ("ui", "serve"):
+        if args.command == "ui":
             from r1core import servers
-            from r1core.settings import configure_environment
 
-            if args.command == "ui":
-                return servers.ui(args.prefect_port, args.mlflow_port)
-            configure_environment()
-            return servers.serve(args.prefect_api_url)
+            return servers.ui(args.prefect_port, args.mlflow_port)
+        if args.command == "serve":
+            from deployments.serve import main as serve
+
+            return serve(args.prefect_api_url)
     except (RecipeError, DataError, ModelNotFoundError, ValueError, servers_error()) as err:
         print(f"r1: error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 """``r1 ui`` and ``r1 serve``: the real Prefect and MLflow servers on this machine.
 
-``r1 ui`` starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store and
+``r1 ui`` (:func:`ui`) starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store and
 artifacts folder) on 127.0.0.1, waits until both answer, prints their URLs and the two variables
-that point flows at them, and stops both on Ctrl-C. ``r1 serve`` serves the deployments
-(:mod:`deployments.serve`) against that Prefect server, so Run in the Prefect UI executes here.
+that point flows at them, and stops both on Ctrl-C. ``r1 serve`` (:func:`deployments.serve.main`) serves the deployments
+against that Prefect server, so Run in the Prefect UI executes here. Neither imports Prefect.
 """
 
 from __future__ import annotations
@@ -114,15 +114,4 @@ def ui(prefect_port: int, mlflow_port: int) -> int:
         pass
     finally:
         servers.stop()
-    return 0
-
-
-def serve(prefect_api_url: str | None) -> int:
-    """``r1 serve``: serve the deployments against the Prefect server at ``prefect_api_url``."""
-    os.environ.setdefault("PREFECT_API_URL", prefect_api_url or "http://127.0.0.1:4200/api")
-    from deployments.serve import deployments
-    from prefect import serve as prefect_serve
-
-    print(f"serving {len(deployments())} deployments against {os.environ['PREFECT_API_URL']} (Ctrl-C stops)", flush=True)
-    prefect_serve(*deployments())
     return 0

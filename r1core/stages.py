@@ -238,13 +238,16 @@ def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str,
     the problems not yet done; the folder is removed when the stage succeeds.
     """
     from r1core.rejection import rejection_sample
+    from r1core.teachers import build_teacher
 
     cfg = recipe.stages[name]
     dataset_uri = data
     with _stage_run(recipe, name, parent_run_id) as run:
         problems = tracking.read_dataset(dataset_uri).head(cfg.num_problems)
         tracking.log_input(tracking.pandas_dataset(problems, dataset_uri, "curated", "answer"), "training")
-        teacher_obj = _teacher(recipe, cfg, teacher)
+        teacher_obj = build_teacher(cfg, teacher, base_model=recipe.model)
+        if hasattr(teacher_obj, "on_batch"):
+            teacher_obj.on_batch = progress(name)
         mlflow.set_tags({"r1.teacher": teacher_obj.id, "r1.prompts": dataset_uri})
         mlflow.log_params({f"rejection.{k}": v for k, v in _loggable(cfg.model_dump()).items()})
         settings = cfg.model_dump(mode="json", include={"num_samples", "max_new_tokens", "temperature", "top_p",
@@ -278,35 +281,6 @@ def _loggable(settings: dict) -> dict:
     for k, v in (settings.get("endpoint") or {}).items():
         flat[f"endpoint.{k}"] = v
     return flat
-
-
-def _teacher(recipe: Recipe, cfg, teacher_ref: str | None):
-    """The stage's :class:`r1core.teachers.Teacher`: the endpoint, vLLM (CUDA + vllm, engine
-    auto/vllm) or a transformers model in this process."""
-    from r1core import teachers
-
-    if cfg.endpoint is not None:
-        from transformers import AutoTokenizer
-
-        ep = cfg.endpoint
-        try:  # the base model's tokenizer counts the tokens of worked-solution traces
-            tok = AutoTokenizer.from_pretrained(models.resolve_model(recipe.model).path)
-        except (OSError, ValueError):
-            tok = None
-        return teachers.EndpointTeacher(ep.base_url, ep.model, template=cfg.prompt_template,
-                                        api_key_env=ep.api_key_env, max_concurrency=ep.max_concurrency,
-                                        timeout_s=ep.timeout_s, max_retries=ep.max_retries, use_n=ep.use_n,
-                                        tokenizer=tok)
-    from r1core.grpo import vllm_available
-
-    if cfg.engine == "vllm" or (cfg.engine == "auto" and vllm_available()):
-        return teachers.VLLMTeacher(models.resolve_model(teacher_ref).path, teacher_ref, template=cfg.prompt_template,
-                                    prefill=cfg.prefill)
-    model, tok = models.load_model_and_tokenizer(teacher_ref, for_inference=True)
-    local = teachers.LocalTeacher(model, tok, teacher_ref, template=cfg.prompt_template, prefill=cfg.prefill,
-                                  batch_size=cfg.batch_size)
-    local.on_batch = progress("rejection_sampling")
-    return local
 
 
 # ---------------------------------------------------------------- sft

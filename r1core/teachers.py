@@ -209,3 +209,35 @@ class EndpointTeacher:
         if self.tokenizer is not None:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return len(text.split())
+
+
+def build_teacher(cfg, teacher_ref: str | None, *, base_model: str) -> Teacher:
+    """The teacher a rejection-sampling stage's settings ``cfg`` ask for: its ``endpoint``; else
+    ``teacher_ref`` on vLLM (``engine`` vllm, or auto on CUDA with vllm installed); else
+    ``teacher_ref`` loaded with transformers in this process. ``base_model``'s tokenizer counts
+    an endpoint's worked-solution tokens (None when it cannot be loaded: words are counted).
+
+    Raises:
+        ValueError: the endpoint's ``api_key_env`` is not set (before any request).
+    """
+    from r1core import models
+
+    if cfg.endpoint is not None:
+        from transformers import AutoTokenizer
+
+        ep = cfg.endpoint
+        try:
+            tok = AutoTokenizer.from_pretrained(models.resolve_model(base_model).path)
+        except (OSError, ValueError):
+            tok = None
+        return EndpointTeacher(ep.base_url, ep.model, template=cfg.prompt_template, api_key_env=ep.api_key_env,
+                               max_concurrency=ep.max_concurrency, timeout_s=ep.timeout_s,
+                               max_retries=ep.max_retries, use_n=ep.use_n, tokenizer=tok)
+    from r1core.grpo import vllm_available
+
+    if cfg.engine == "vllm" or (cfg.engine == "auto" and vllm_available()):
+        return VLLMTeacher(models.resolve_model(teacher_ref).path, teacher_ref, template=cfg.prompt_template,
+                           prefill=cfg.prefill)
+    model, tok = models.load_model_and_tokenizer(teacher_ref, for_inference=True)
+    return LocalTeacher(model, tok, teacher_ref, template=cfg.prompt_template, prefill=cfg.prefill,
+                        batch_size=cfg.batch_size)
