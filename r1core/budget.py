@@ -26,7 +26,7 @@ ANSWER_PREFIX = "\n\nFinal Answer: "
 
 def budget_forced_generate(model, tokenizer, prompts: list[str], params: SamplingParams, *,
                            max_thinking_tokens: int, num_waits: int = 0, answer_tokens: int = 64,
-                           batch_size: int = 16,
+                           batch_size: int = 64,
                            on_batch: Callable[[int, int, float], None] | None = None) -> list[Sample]:
     """Generate with a thinking budget (see module docstring).
 

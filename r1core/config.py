@@ -114,6 +114,9 @@ class GRPOStageConfig(_Stage):
     dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
     completions_log_steps: int = Field(1, ge=0, description="Log a table of sampled completions every N steps (0: never).")
     stop_strings: list[str] = Field(default_factory=list, description='End completions after these strings, e.g. ["</answer>"].')
+    generation_engine: Literal["r1", "hf"] = Field(
+        "r1", description="Rollouts without vLLM: r1 (the project's batched decoding loop, r1core.generation) or "
+        "hf (TRL's stock transformers generate).")
 
 
 class EndpointConfig(_Section):
@@ -164,7 +167,7 @@ class RejectionSamplingConfig(_Stage):
     fallback: Literal["none", "reference"] = Field(
         "none", description="reference: for problems where the teacher kept nothing, use the data set's "
         "worked solution (verified, formatted in the template, labelled origin=reference).")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
 
     @model_validator(mode="before")
     @classmethod
@@ -231,7 +234,7 @@ class EvaluateConfig(_Stage):
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_eval"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     budget_forcing: BudgetForcingConfig | None = Field(
         None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
 

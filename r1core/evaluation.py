@@ -111,7 +111,7 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
 
 
 def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
-                       template: str = "r1_eval", batch_size: int = 16, results_path: Path | None = None,
+                       template: str = "r1_eval", batch_size: int = 64, results_path: Path | None = None,
                        progress: Callable[[int, int, float], None] | None = None,
                        generate_fn: Callable = generate) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.

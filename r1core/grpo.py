@@ -11,11 +11,17 @@
    other metrics of the step average over every round generated.
 2. ``log`` also writes the sampled completions, each reward's score and the advantage as an
    MLflow table every ``completions_log_steps`` steps (TRL's own table reaches only wandb/trackio).
-3. ``stop_strings`` (e.g. ``["</answer>"]``), in ``_generate_single_turn``: each completion is cut
+3. **Fast rollouts** in ``_generate_single_turn``: without vLLM, completions come from the
+   project's decoding loop (:func:`r1core.generation.sample_token_ids`: each group's prompt
+   pre-filled once, top-p without a full-vocabulary sort, finished completions leave the batch)
+   instead of transformers ``generate``; same weights and forward, so TRL's recomputed
+   log-probabilities are the sampler's and no importance-sampling correction is needed.
+   ``generation_engine="hf"`` keeps TRL's path.
+4. ``stop_strings`` (e.g. ``["</answer>"]``), in ``_generate_single_turn``: each completion is cut
    after the first stop string and ended with EOS, as a stop string would end generation (TRL's
    transformers path cannot pass a tokenizer to ``generate``, which stop strings need). Without
    it, a small policy keeps writing after ``</answer>`` and the strict format reward stays 0.
-4. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
+5. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
    metrics are committed with each checkpoint, so a run killed and resumed from its last
    checkpoint continues its metric history with no duplicated steps.
 
@@ -116,8 +122,12 @@ class R1GRPOTrainer(GRPOTrainer):
                        "importance_sampling_ratio", "sampling_per_token_logps"}
 
     def __init__(self, *args, completions_log_steps: int = 1, dynamic_sampling_rounds: int = 0,
-                 stop_strings: list[str] | None = None, **kwargs):
+                 stop_strings: list[str] | None = None, generation_engine: str = "r1", **kwargs):
+        if generation_engine not in ("r1", "hf"):
+            raise ValueError(f"generation_engine must be 'r1' or 'hf', got {generation_engine!r}.")
         super().__init__(*args, **kwargs)
+        self.generation_engine = generation_engine
+        self._generation_calls = 0
         self.stop_strings = list(stop_strings or [])
         self.completions_log_steps = completions_log_steps
         self.dynamic_sampling_rounds = dynamic_sampling_rounds
@@ -129,11 +139,49 @@ class R1GRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------ stop strings
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        completion_ids, logprobs = super()._generate_single_turn(
-            prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        if self._uses_r1_engine(images, multimodal_fields):
+            completion_ids, logprobs = self._r1_generate(prompt_ids), None
+        else:
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         if not self.stop_strings or logprobs is not None:  # vLLM: use its own `stop` sampling parameter
             return completion_ids, logprobs
         return [self._cut_at_stop(ids) for ids in completion_ids], logprobs
+
+    def _uses_r1_engine(self, images, multimodal_fields) -> bool:
+        return (self.generation_engine == "r1" and not self.use_vllm
+                and not getattr(self, "use_transformers_continuous_batching", False)
+                and not images and not multimodal_fields)
+
+    def _r1_generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Rollouts from :func:`r1core.generation.sample_token_ids` with the trainer's sampling
+        settings; completions end with EOS when they stopped (TRL's convention). Seeded by
+        ``(args.seed, process, global_step, call)``, so a resumed run samples what it would have."""
+        import torch
+        from trl.models import unwrap_model_for_generation
+
+        from r1core.generation import SamplingParams, sample_token_ids
+
+        step = self.state.global_step
+        if getattr(self, "_generation_step", None) != step:
+            self._generation_step, self._generation_calls = step, 0
+        self._generation_calls += 1
+        seed = hash((self.args.seed, self.accelerator.process_index, step, self._generation_calls)) % (2**31)
+        params = SamplingParams(max_new_tokens=self.max_completion_length, temperature=self.temperature,
+                                top_p=self.top_p, seed=seed, top_k=self.top_k or 0, min_p=self.min_p or 0.0,
+                                repetition_penalty=self.repetition_penalty)
+        with (
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                        gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                        gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+            as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            completions = sample_token_ids(unwrapped_model, prompt_ids, params, eos_ids=self.eos_token_ids,
+                                           pad_id=self._tokenizer.pad_token_id, batch_size=max(len(prompt_ids), 1),
+                                           stop_strings=self.stop_strings, tokenizer=self._tokenizer)
+        return [c.ids for c in completions]
 
     def _cut_at_stop(self, ids: list[int]) -> list[int]:
         """``ids`` ending exactly at the first stop string, then EOS; unchanged if none occurs.
@@ -342,7 +390,8 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer,
                             dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
-                            completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings)
+                            completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings,
+                            generation_engine=cfg.generation_engine)
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

@@ -66,7 +66,7 @@ class LocalTeacher:
     """A transformers model in this process; prompts rendered with its chat template and the
     recipe's ``prompt_template`` and ``prefill``; ``batch_size`` sequences per ``generate`` call."""
 
-    def __init__(self, model, tokenizer, ref: str, *, template: str, prefill: str | None, batch_size: int = 16):
+    def __init__(self, model, tokenizer, ref: str, *, template: str, prefill: str | None, batch_size: int = 64):
         self.model, self.tokenizer, self.id = model, tokenizer, ref
         self.template, self.prefill, self.batch_size = template, prefill, batch_size
         self.on_batch = None  # progress callback (done, total, tokens_per_s) per generate batch

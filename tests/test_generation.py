@@ -1,0 +1,160 @@
+"""The ``"r1"`` generation engine: same tokens as transformers ``generate`` when greedy, HF's
+sampling distribution when sampling, stop strings, and GRPO rollouts through it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from r1core import generation
+from r1core.generation import SamplingParams, generate, sample_token_ids
+from r1core.models import load_model_and_tokenizer
+
+PROMPTS = ["What is 1+1?", "Compute the sum of the first ten odd numbers, please.", "What is 1+1?", "Hi",
+           "A much longer prompt that makes the left padding matter: " * 3, "What is 1+1?"]
+
+
+def length_reward(completions, **kwargs):
+    return [len(c) / 9 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model_and_tokenizer(str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])
+def test_greedy_matches_transformers_generate(tiny, repetition_penalty):
+    """Left padding, chunked pre-fill, shared prompts and dropped rows change nothing: greedy
+    completions equal transformers' token for token (also with a repetition penalty)."""
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=repetition_penalty)
+    ours = generate(model, tok, PROMPTS, params, batch_size=4, engine="r1")
+    theirs = generate(model, tok, PROMPTS, params, batch_size=4, engine="hf")
+    assert [o.text for o in ours] == [t.text for t in theirs]
+    assert [o.num_tokens for o in ours] == [t.num_tokens for t in theirs]
+
+
+def test_chunked_prefill_and_dropping_rows_match_one_pass(tiny, monkeypatch):
+    """Pre-filling one prompt per pass (each padded to its own length) and a batch whose rows
+    finish at different steps give the same greedy tokens as one unchunked batch of each."""
+    model, tok = tiny
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    eos = [tok.eos_token_id]
+    one_pass = sample_token_ids(model, ids, params, eos_ids=eos, pad_id=tok.pad_token_id, batch_size=6,
+                                prefill_rows=6)
+    chunked = sample_token_ids(model, ids, params, eos_ids=eos, pad_id=tok.pad_token_id, batch_size=6,
+                               prefill_rows=1)
+    assert [c.ids for c in chunked] == [c.ids for c in one_pass]
+    # Make every row's 3rd token end it: rows leave the batch, the rest continue unchanged.
+    stop_at = {c.ids[2] for c in one_pass}
+    cut = sample_token_ids(model, ids, params, eos_ids=sorted(stop_at), pad_id=tok.pad_token_id, batch_size=6)
+    for full, short in zip(one_pass, cut, strict=True):
+        first = next(i for i, t in enumerate(full.ids) if t in stop_at)
+        assert short.ids == full.ids[: first + 1] and short.stopped
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_p=0.9), dict(top_p=0.5, top_k=5), dict(top_p=1.0, min_p=0.2),
+                                    dict(top_p=0.97)])
+def test_sampler_draws_from_transformers_warped_distribution(kwargs):
+    """Empirical frequencies of ``_next_tokens`` match the probabilities transformers' warpers give
+    (temperature, top-k, top-p, min-p), including rows whose candidates miss top_p (full sort)."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    vocab = 40
+    logits = torch.randn(3, vocab) * 2
+    logits[2] = torch.randn(vocab) * 0.05  # nearly flat: 8 candidates hold ~20% of the mass, top-p needs the full sort
+    params = SamplingParams(temperature=0.7, **{"top_p": 1.0, **kwargs})
+    warped = TemperatureLogitsWarper(params.temperature)(None, logits.clone())
+    if params.top_k:
+        warped = TopKLogitsWarper(params.top_k)(None, warped)
+    if params.top_p < 1:
+        warped = TopPLogitsWarper(params.top_p)(None, warped)
+    if params.min_p:
+        warped = MinPLogitsWarper(params.min_p)(None, warped)
+    expected = torch.softmax(warped, dim=-1)  # (3, V)
+    gen = torch.Generator().manual_seed(1)
+    draws = 4000
+    counts = torch.zeros(3, vocab)
+    for _ in range(draws):
+        tokens = generation._next_tokens(logits.clone(), params, gen, None, candidates=8)
+        counts[torch.arange(3), tokens] += 1
+    freq = counts / draws
+    assert bool((counts[expected == 0] == 0).all()), "sampled a token transformers' warpers remove"
+    assert float((freq - expected).abs().max()) < 0.035
+
+
+def test_stop_strings_end_the_completion(tiny):
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    full = generate(model, tok, PROMPTS[:2], params)
+    ids = sample_token_ids(model, [tok(PROMPTS[0], add_special_tokens=False)["input_ids"]], params,
+                           eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)[0].ids
+    stop = tok.decode(ids[3:5])
+    assert stop.strip(), "the tiny model's greedy text has no usable stop string"
+    out = generate(model, tok, PROMPTS[:1], params, stop_strings=[stop])[0]
+    assert out.text.endswith(stop) or stop in out.text
+    assert out.num_tokens < full[0].num_tokens and not out.truncated
+    with pytest.raises(ValueError, match="tokenizer"):
+        sample_token_ids(model, [ids], params, eos_ids=[0], pad_id=0, stop_strings=["x"])
+    with pytest.raises(ValueError, match="engine"):
+        generate(model, tok, PROMPTS[:1], params, engine="vllm-cpu")
+
+
+def test_grpo_rollouts_come_from_the_r1_engine(tiny_model_dir, tmp_path, monkeypatch):
+    """R1GRPOTrainer samples its groups with sample_token_ids (each group's prompt pre-filled once);
+    generation_engine='hf' keeps TRL's transformers path."""
+    from r1core.config import GRPOStageConfig
+    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset, grpo_args
+
+    calls = []
+    real = generation.sample_token_ids
+
+    def spy(model, prompt_ids, params, **kw):
+        calls.append((len(prompt_ids), len({tuple(p) for p in prompt_ids}), params))
+        return real(model, prompt_ids, params, **kw)
+
+    monkeypatch.setattr(generation, "sample_token_ids", spy)
+    rows = pd.DataFrame({"id": ["a", "b"], "problem": ["1+1?", "2+2?"], "answer": ["2", "4"]})
+    for engine, expected_calls in (("r1", 1), ("hf", 0)):
+        calls.clear()
+        model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+        cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
+                              args={"per_device_train_batch_size": 4, "top_p": 0.9})
+        trainer = R1GRPOTrainer(model=model, reward_funcs=[length_reward],
+                                args=grpo_args(cfg, str(tmp_path / engine), seed=0, use_cpu=True),
+                                train_dataset=build_prompt_dataset(rows, tok, "r1_zero", "<think>\n"),
+                                processing_class=tok, generation_engine=engine)
+        trainer.train()
+        assert len(calls) == expected_calls
+    n, distinct, params = calls[0] if calls else (None, None, None)
+    assert (n, distinct) == (4, 2) or not calls
+    with pytest.raises(ValueError, match="generation_engine"):
+        R1GRPOTrainer(model=model, reward_funcs=[], args=None, generation_engine="fast")
+
+
+def test_r1_grpo_rollouts_use_the_trainer_sampling_settings(tiny_model_dir, tmp_path, monkeypatch):
+    from r1core.config import GRPOStageConfig
+    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset, grpo_args
+
+    seen = []
+    real = generation.sample_token_ids
+    monkeypatch.setattr(generation, "sample_token_ids",
+                        lambda m, p, params, **kw: seen.append(params) or real(m, p, params, **kw))
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    rows = pd.DataFrame({"id": ["a"], "problem": ["1+1?"], "answer": ["2"]})
+    cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=5, max_steps=1,
+                          args={"per_device_train_batch_size": 2, "top_p": 0.8, "temperature": 0.7,
+                                "repetition_penalty": 1.1})
+    R1GRPOTrainer(model=model, reward_funcs=[length_reward],
+                  args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
+                  train_dataset=build_prompt_dataset(rows, tok, "r1_zero", None), processing_class=tok).train()
+    assert (seen[0].max_new_tokens, seen[0].temperature, seen[0].top_p, seen[0].repetition_penalty) == (5, 0.7, 0.8, 1.1)
