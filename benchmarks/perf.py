@@ -1,0 +1,377 @@
+"""Performance side by side (issue #8): ``make bench`` writes ``benchmarks/results/latest.json``,
+a dated copy and ``latest.md``.
+
+Each benchmark runs in a process of its own (its ``peak_rss_gb`` is that process's peak resident
+memory) and measures the project's path against a baseline in the same run, alternating them,
+median of ``--reps`` repetitions:
+
+- ``generation``: 64 MATH-500 prompts x 256 new tokens, R1 sampling (T=0.6, top-p 0.95), seeded.
+  Project: :func:`r1core.generation.generate` (engine ``"r1"``, batch 64). Baseline: transformers
+  ``generate`` as TRL's ``GRPOTrainer`` calls it (its ``GenerationConfig`` with
+  ``disable_compile=True``, left-padded batches of ``per_device_train_batch_size`` = 8, TRL's
+  default). Also transformers ``generate`` at batch 64, to separate batching from the engine.
+  ``matmul_bound_tokens_per_s``: 64 / the seconds of one decode step's matrix multiplies alone
+  (every linear layer of the model and the LM head at batch 64, fp32), measured here.
+- ``grpo_step``: one optimizer step of :class:`r1core.grpo.R1GRPOTrainer` vs TRL's stock
+  ``GRPOTrainer`` on the identical ``GRPOConfig`` (TRL's defaults: 8 completions of one prompt, up
+  to 256 tokens, T=1; accuracy + format rewards; no reference model; fp32 without gradient
+  checkpointing, the project's CPU settings: TRL's bf16 default has no fast kernels on this CPU and
+  makes both trainers several times slower), first step discarded.
+- ``pipeline``: the evaluate stage through its Prefect flow (task, caching, artifacts, MLflow) vs
+  the same ``r1core`` stage function called alone (which logs to MLflow itself); the temporary
+  Prefect server's start is reported apart (``prefect_startup_seconds``).
+- ``peak_rss_gb.quickstart``: ``r1 pipeline --recipe recipes/quickstart.yaml`` in a fresh state
+  folder, resident memory of its whole process tree sampled every 0.5 s.
+
+    python -m benchmarks.perf [--only generation,grpo_step] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+BENCHMARKS = ("generation", "grpo_step", "pipeline", "quickstart")
+TARGETS = {"generation.speedup_vs_hf_generate": (">=", 4.0), "generation.fraction_of_matmul_bound": (">=", 0.5),
+           "grpo_step.ratio_vs_trl": ("<=", 0.5), "pipeline.overhead_fraction": ("<=", 0.05),
+           "peak_rss_gb.quickstart": ("<=", 6.0)}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def _prompts(tok, n: int) -> list[str]:
+    from r1core import data
+    from r1core.prompts import render
+
+    return [render(tok, p, "r1_eval") for p in data.load("math500")[0]["problem"][:n]]
+
+
+# ------------------------------------------------------------------ generation
+def trl_generate(model, tok, prompts: list[str], params, batch_size: int) -> int:
+    """transformers ``generate`` the way TRL's ``GRPOTrainer`` calls it on its transformers path;
+    returns the completion tokens (EOS included)."""
+    import torch
+    from transformers import GenerationConfig
+    from trl import GRPOConfig
+
+    defaults = GRPOConfig(output_dir=tempfile.gettempdir(), use_cpu=True, report_to="none")
+    config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=True, pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id],
+                              temperature=params.temperature, top_p=params.top_p, top_k=defaults.top_k,
+                              min_p=defaults.min_p, repetition_penalty=defaults.repetition_penalty,
+                              cache_implementation=defaults.cache_implementation, disable_compile=True)
+    tokens = 0
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        enc = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left",
+                  add_special_tokens=False)
+        torch.manual_seed(params.seed + b)
+        with torch.no_grad():
+            out = model.generate(**enc, generation_config=config)
+        completion = out[:, enc["input_ids"].shape[1] :]
+        is_eos = completion == tok.eos_token_id
+        ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion.shape[1])
+        tokens += int(ends.sum())
+    return tokens
+
+
+def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, float]:
+    """Seconds of one decode step's matrix multiplies alone at ``batch`` rows (every ``nn.Linear``
+    of the model, the LM head included), median of ``reps``; and their GFLOP/s."""
+    import torch
+
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
+    flops = sum(2 * batch * w.shape[0] * w.shape[1] for w in weights)
+    times = []
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times[1:])
+    return seconds, flops / seconds / 1e9
+
+
+def bench_generation(reps: int) -> dict:
+    from r1core.generation import SamplingParams, generate
+    from r1core.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(None, for_inference=True)
+    prompts = _prompts(tok, 64)
+    params = SamplingParams(max_new_tokens=256, temperature=0.6, top_p=0.95, seed=0)
+    runs: dict[str, list[float]] = {"r1": [], "hf_trl_batch8": [], "hf_batch64": []}
+    bound = []
+
+    def ours() -> int:
+        return sum(s.num_tokens for s in generate(model, tok, prompts, params, batch_size=64, engine="r1"))
+
+    paths = {"r1": ours, "hf_trl_batch8": lambda: trl_generate(model, tok, prompts, params, 8),
+             "hf_batch64": lambda: trl_generate(model, tok, prompts, params, 64)}
+    for rep in range(reps):
+        order = list(paths) if rep % 2 == 0 else list(reversed(paths))
+        for name in order:
+            t0 = time.perf_counter()
+            tokens = paths[name]()
+            runs[name].append(tokens / (time.perf_counter() - t0))
+            print(f"  generation rep {rep + 1}/{reps} {name}: {runs[name][-1]:.1f} tokens/s", flush=True)
+        bound.append(matmul_bound_step_seconds(model, 64))
+    tps = {k: statistics.median(v) for k, v in runs.items()}
+    bound_s = statistics.median(b[0] for b in bound)
+    return {"prompts": 64, "max_new_tokens": 256, "temperature": 0.6, "top_p": 0.95, "batch_size": 64,
+            "baseline": "transformers generate as TRL GRPOTrainer calls it, batch 8 (TRL default)",
+            "tokens_per_s": tps["r1"], "baseline_tokens_per_s": tps["hf_trl_batch8"],
+            "hf_generate_batch64_tokens_per_s": tps["hf_batch64"],
+            "speedup_vs_hf_generate": tps["r1"] / tps["hf_trl_batch8"],
+            "speedup_vs_hf_generate_batch64": tps["r1"] / tps["hf_batch64"],
+            "matmul_bound_tokens_per_s": 64 / bound_s, "matmul_gflops": statistics.median(b[1] for b in bound),
+            "fraction_of_matmul_bound": tps["r1"] / (64 / bound_s), "runs_tokens_per_s": runs}
+
+
+# ------------------------------------------------------------------ GRPO step
+def bench_grpo_step(reps: int) -> dict:
+    import pandas as pd
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1core import data
+    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset
+    from r1core.models import load_model_and_tokenizer
+    from r1core.rewards import get_rewards
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.seconds, self._t = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self._t)
+
+    rows = data.load("gsm8k:train")[0].to_pandas().head(64)
+    reward_funcs, _ = get_rewards({"accuracy": 1.0, "format": 1.0}, {})
+    result: dict = {"config": "TRL GRPOConfig defaults: per_device_train_batch_size=8, num_generations=8, "
+                              "max_completion_length=256, temperature=1.0; beta=0, fp32, no gradient checkpointing; "
+                              "rewards accuracy+format"}
+    for name, cls, extra in (("project", R1GRPOTrainer, {"completions_log_steps": 0}), ("trl", GRPOTrainer, {})):
+        model, tok = load_model_and_tokenizer(None)
+        tok.padding_side = "left"
+        out = tempfile.mkdtemp(prefix=f"bench-grpo-{name}-")
+        args = GRPOConfig(output_dir=out, use_cpu=True, report_to="none", max_steps=reps + 1, seed=0,
+                          logging_steps=1, save_strategy="no", beta=0.0, bf16=False, gradient_checkpointing=False)
+        clock = StepClock()
+        trainer = cls(model=model, reward_funcs=reward_funcs, args=args, processing_class=tok, callbacks=[clock],
+                      train_dataset=build_prompt_dataset(pd.DataFrame(rows), tok, "r1_zero", "<think>\n"), **extra)
+        generation = []
+        real = trainer._generate_single_turn
+
+        def timed(*a, _real=real, _log=generation, **k):
+            t0 = time.perf_counter()
+            try:
+                return _real(*a, **k)
+            finally:
+                _log.append(time.perf_counter() - t0)
+
+        trainer._generate_single_turn = timed
+        trainer.train()
+        shutil.rmtree(out, ignore_errors=True)
+        result[name] = {"step_seconds": clock.seconds, "generation_seconds": generation,
+                        "completion_tokens": [h.get("completions/mean_length") for h in trainer.state.log_history
+                                              if "completions/mean_length" in h]}
+        print(f"  grpo_step {name}: {clock.seconds}", flush=True)
+    ours = statistics.median(result["project"]["step_seconds"][1:])
+    stock = statistics.median(result["trl"]["step_seconds"][1:])
+    result.update(seconds=ours, baseline_seconds=stock, ratio_vs_trl=ours / stock,
+                  generation_seconds=statistics.median(result["project"]["generation_seconds"][1:]),
+                  baseline_generation_seconds=statistics.median(result["trl"]["generation_seconds"][1:]))
+    return result
+
+
+# ------------------------------------------------------------------ Prefect + MLflow overhead
+def bench_pipeline(reps: int) -> dict:
+    from r1core.settings import configure_environment
+
+    configure_environment()
+    from prefect import flow
+
+    from flows.evaluate import evaluate as evaluate_flow
+    from r1core import stages
+    from r1core.config import evaluation_recipe, load_recipe
+    from r1core.stage_utils import work_dir
+
+    @flow(name="bench-warmup")
+    def warmup() -> int:
+        return 1
+
+    t0 = time.perf_counter()
+    warmup()
+    startup = time.perf_counter() - t0
+    model, recipe = "smollm2-135m-instruct", "recipes/quickstart.yaml"
+    settings = {"benchmarks": ["math500"], "limit": 8, "num_samples": 4, "max_new_tokens": 128}
+
+    def alone():
+        cfg, name = evaluation_recipe(load_recipe(recipe, []), model, None, settings)
+        return stages.STAGE_FUNCTIONS["evaluate"](cfg, name, None, model=model)
+
+    def through_flow():
+        return evaluate_flow(model=model, recipe=recipe, **settings)
+
+    runs: dict[str, list[float]] = {"flow": [], "alone": []}
+    for rep in range(reps):
+        for name, fn in ((("flow", through_flow), ("alone", alone)) if rep % 2 == 0 else
+                         (("alone", alone), ("flow", through_flow))):
+            shutil.rmtree(work_dir("eval"), ignore_errors=True)  # no resumed samples: every run generates
+            t0 = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - t0)
+            print(f"  pipeline rep {rep + 1}/{reps} {name}: {runs[name][-1]:.1f} s", flush=True)
+    seconds, baseline = statistics.median(runs["flow"]), statistics.median(runs["alone"])
+    return {"stage": "evaluate (math500, 8 problems x k=4, 128 tokens)", "seconds": seconds,
+            "baseline_seconds": baseline, "overhead_fraction": (seconds - baseline) / baseline,
+            "prefect_startup_seconds": startup, "runs_seconds": runs}
+
+
+# ------------------------------------------------------------------ quickstart memory
+def bench_quickstart(reps: int) -> dict:
+    import psutil
+
+    state = tempfile.mkdtemp(prefix="bench-quickstart-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["R1_STATE_DIR"] = state
+    r1 = Path(sys.executable).with_name("r1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(r1), "pipeline", "--recipe", "recipes/quickstart.yaml"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.5)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(state, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the quickstart pipeline failed (exit {proc.returncode}); run `make demo` to see why.")
+    return {"quickstart_gb": peak / 1024**3, "quickstart_seconds": seconds}
+
+
+# ------------------------------------------------------------------ driver
+def _run_one(name: str, reps: int, out: Path) -> None:
+    result = globals()[f"bench_{name}"](reps)
+    result["peak_rss_gb"] = _peak_rss_gb()
+    out.write_text(json.dumps(result))
+
+
+def _check_targets(result: dict) -> dict:
+    checks = {}
+    for key, (op, target) in TARGETS.items():
+        section, field = key.split(".")
+        value = result.get(section, {}).get(field)
+        if value is not None:
+            checks[key] = {"value": value, "target": f"{op} {target}",
+                           "met": value >= target if op == ">=" else value <= target}
+    return checks
+
+
+def _markdown(result: dict) -> str:
+    g, s, p, m = (result.get(k, {}) for k in ("generation", "grpo_step", "pipeline", "peak_rss_gb"))
+    lines = ["| benchmark | project | baseline | result | target |", "| --- | --- | --- | --- | --- |"]
+    if g:
+        lines.append(f"| generation (64 x 256 tokens, T=0.6, top-p 0.95) | {g['tokens_per_s']:.0f} tokens/s | "
+                     f"{g['baseline_tokens_per_s']:.0f} tokens/s (HF generate as TRL, batch 8) | "
+                     f"speedup {g['speedup_vs_hf_generate']:.2f}x | >= 4 |")
+        lines.append(f"| generation vs matmul bound | {g['tokens_per_s']:.0f} tokens/s | "
+                     f"{g['matmul_bound_tokens_per_s']:.0f} tokens/s (matmuls alone, {g['matmul_gflops']:.0f} GFLOP/s) | "
+                     f"{g['fraction_of_matmul_bound']:.2f} of the bound | >= 0.5 |")
+        lines.append(f"| generation vs HF generate at batch 64 | {g['tokens_per_s']:.0f} tokens/s | "
+                     f"{g['hf_generate_batch64_tokens_per_s']:.0f} tokens/s | "
+                     f"speedup {g['speedup_vs_hf_generate_batch64']:.2f}x | - |")
+    if s:
+        lines.append(f"| GRPO step (8 x 256 tokens) | {s['seconds']:.1f} s (generation {s['generation_seconds']:.1f} s) | "
+                     f"{s['baseline_seconds']:.1f} s (generation {s['baseline_generation_seconds']:.1f} s) | "
+                     f"ratio {s['ratio_vs_trl']:.2f} | <= 0.5 |")
+    if p:
+        lines.append(f"| evaluate stage via Prefect flow | {p['seconds']:.1f} s | {p['baseline_seconds']:.1f} s alone | "
+                     f"overhead {100 * p['overhead_fraction']:.1f}% | <= 5% |")
+    if m.get("quickstart"):
+        lines.append(f"| quickstart pipeline peak RSS | {m['quickstart']:.2f} GB | - | - | <= 6 GB |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        _run_one(args.one, args.reps, Path(args.out))
+        return {}
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+    latest = RESULTS / "latest.json"
+    result = json.loads(latest.read_text()) if latest.exists() and set(names) != set(BENCHMARKS) else {}
+    result.setdefault("peak_rss_gb", {})
+    for name in names:
+        print(f"benchmark {name} ...", flush=True)
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            subprocess.run([sys.executable, "-m", "benchmarks.perf", "--one", name, "--reps", str(args.reps),
+                            "--out", fh.name], check=True)
+            one = json.loads(Path(fh.name).read_text())
+        rss = one.pop("peak_rss_gb")
+        if name == "quickstart":
+            result["peak_rss_gb"]["quickstart"] = one["quickstart_gb"]
+            result["quickstart_seconds"] = one["quickstart_seconds"]
+        else:
+            result[name] = one
+            result["peak_rss_gb"][name] = rss
+        _write(result)  # after each benchmark: a later failure keeps the earlier figures
+    return _write(result, final=True)
+
+
+def _write(result: dict, final: bool = False) -> dict:
+    result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": _torch_threads()}
+    result["date"] = datetime.date.today().isoformat()
+    result["targets"] = _check_targets(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2)
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"perf-{result['date']}.json").write_text(text)
+    (RESULTS / "latest.md").write_text(_markdown(result))
+    if final:
+        print(_markdown(result))
+    return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()
