@@ -206,10 +206,23 @@ def bench_pipeline(reps: int) -> dict:
     from r1core.settings import configure_environment
 
     configure_environment()
+    import psutil
     from prefect import flow
 
-    from flows.evaluate import evaluate as evaluate_flow
     from r1core import stages
+
+    # Time the stage function itself inside the flow (tasks/ binds it at import, so wrap first).
+    stage_fn, inside = stages.STAGE_FUNCTIONS["evaluate"], []
+
+    def timed_stage(*a, **k):
+        t = time.perf_counter()
+        try:
+            return stage_fn(*a, **k)
+        finally:
+            inside.append(time.perf_counter() - t)
+
+    stages.STAGE_FUNCTIONS["evaluate"] = timed_stage
+    from flows.evaluate import evaluate as evaluate_flow
     from r1core.config import evaluation_recipe, load_recipe
     from r1core.stage_utils import work_dir
 
@@ -225,24 +238,39 @@ def bench_pipeline(reps: int) -> dict:
 
     def alone():
         cfg, name = evaluation_recipe(load_recipe(recipe, []), model, None, settings)
-        return stages.STAGE_FUNCTIONS["evaluate"](cfg, name, None, model=model)
+        return stage_fn(cfg, name, None, model=model)
+
+    def children_cpu() -> float:  # the temporary Prefect server and any other child process
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                cpu = child.cpu_times()
+                total += cpu.user + cpu.system
+            except psutil.Error:
+                pass
+        return total
 
     def through_flow():
         return evaluate_flow(model=model, recipe=recipe, **settings)
 
     runs: dict[str, list[float]] = {"flow": [], "alone": []}
+    server_cpu: list[float] = []
     for rep in range(reps):
         for name, fn in ((("flow", through_flow), ("alone", alone)) if rep % 2 == 0 else
                          (("alone", alone), ("flow", through_flow))):
             shutil.rmtree(work_dir("eval"), ignore_errors=True)  # no resumed samples: every run generates
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), children_cpu()
             fn()
             runs[name].append(time.perf_counter() - t0)
+            if name == "flow":
+                server_cpu.append(children_cpu() - c0)
             print(f"  pipeline rep {rep + 1}/{reps} {name}: {runs[name][-1]:.1f} s", flush=True)
     seconds, baseline = statistics.median(runs["flow"]), statistics.median(runs["alone"])
     return {"stage": "evaluate (math500, 8 problems x k=4, 128 tokens)", "seconds": seconds,
             "baseline_seconds": baseline, "overhead_fraction": (seconds - baseline) / baseline,
-            "prefect_startup_seconds": startup, "runs_seconds": runs}
+            "overhead_seconds": seconds - baseline, "prefect_startup_seconds": startup,
+            "stage_seconds_inside_flow": statistics.median(inside) if inside else None,
+            "child_process_cpu_seconds_per_flow_run": statistics.median(server_cpu), "runs_seconds": runs}
 
 
 # ------------------------------------------------------------------ quickstart memory

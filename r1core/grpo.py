@@ -21,7 +21,12 @@
    after the first stop string and ended with EOS, as a stop string would end generation (TRL's
    transformers path cannot pass a tokenizer to ``generate``, which stop strings need). Without
    it, a small policy keeps writing after ``</answer>`` and the strict format reward stays 0.
-5. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
+5. **A CPU LM head for the loss**: TRL's fused log-probability head folds vocabulary tiles with
+   torch ops and scores every position (prompt included) wherever Triton is missing; on CPU this
+   trainer scores only the completion positions, one ``(chunk, V)`` matmul + ``log_softmax`` per
+   chunk of tokens, recomputed in the backward pass (activation checkpointing), so memory stays
+   ``(chunk, V)`` floats. Same log-probabilities and entropies (tested against TRL's head).
+6. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
    metrics are committed with each checkpoint, so a run killed and resumed from its last
    checkpoint continues its metric history with no duplicated steps.
 
@@ -128,6 +133,7 @@ class R1GRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.generation_engine = generation_engine
         self._generation_calls = 0
+        install_cpu_logprob_head(self.model, self.temperature)
         self.stop_strings = list(stop_strings or [])
         self.completions_log_steps = completions_log_steps
         self.dynamic_sampling_rounds = dynamic_sampling_rounds
@@ -318,6 +324,69 @@ class R1GRPOTrainer(GRPOTrainer):
             n = min(len(v) for v in table.values())
             mlflow.log_table(pd.DataFrame({k: v[-n:] for k, v in table.items()}),
                              artifact_file=f"completions/step_{step:05d}.json")
+
+
+def install_cpu_logprob_head(model, temperature: float, chunk_tokens: int = 1024) -> bool:
+    """Replace TRL's fused LM head on ``model`` (see :func:`trl.trainer.utils.add_fused_lm_head`)
+    with :func:`_completion_logprobs` when the model runs without Triton (CPU). Models whose
+    head scales or soft-caps logits, MoE router losses and pre-shifted labels keep TRL's head.
+
+    Returns:
+        Whether the head was installed.
+    """
+    import types
+
+    from trl.kernels.chunked_logprob import _use_triton
+
+    cfg = model.config.get_text_config()
+    scaled = [a for a in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                          "logits_scaling") if getattr(cfg, a, None) not in (None, 1.0)]
+    trl_forward = model.forward
+    code = getattr(getattr(trl_forward, "__func__", None), "__code__", None)
+    if scaled or getattr(cfg, "output_router_logits", False) or getattr(code, "co_name", "") != "_fused_forward":
+        return False
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        head = self.get_output_embeddings()
+        if not fused_lm_head or shift_labels is not None or _use_triton(head.weight.device):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        return _completion_logprobs(self, head, args, kwargs, labels, num_items_in_batch, temperature, chunk_tokens)
+
+    model.forward = types.MethodType(forward, model)
+    return True
+
+
+def _completion_logprobs(model, head, args, kwargs, labels, num_items_in_batch, temperature: float,
+                         chunk_tokens: int):
+    """TRL's ``FusedCausalLMOutput`` (``log_probs``, ``entropy``: ``(B, T - 1)``, zero where the
+    next-token label is ``-100``) from the backbone's hidden states at the scored positions only."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    kwargs["use_cache"] = False
+    hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T - 1, H)
+    labels = labels[:, 1:].to(hidden.device)
+    mask = labels != -100  # (B, T - 1)
+    h, targets = hidden[mask], labels[mask]  # (N, H), (N,)
+    parts = [checkpoint(_logprob_entropy, h[i : i + chunk_tokens], head.weight, head.bias, targets[i : i + chunk_tokens],
+                        temperature, use_reentrant=False) for i in range(0, len(targets), chunk_tokens)]
+    if parts:
+        values = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    else:  # nothing scored: a zero still connected to the graph, as TRL's head returns
+        values = (h.sum(-1), h.sum(-1))
+    log_probs, entropy = (hidden.new_zeros(mask.shape, dtype=v.dtype).masked_scatter(mask, v) for v in values)
+    loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+    return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, label_mask=mask)
+
+
+def _logprob_entropy(h, weight, bias, targets, temperature: float):
+    """Log-probability of ``targets`` ``(n,)`` and entropy ``(n,)`` under ``softmax(h W^T / T)``."""
+    import torch
+
+    logp = (torch.nn.functional.linear(h, weight, bias).float() / temperature).log_softmax(-1)  # (n, V)
+    return logp.gather(1, targets[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
 
 
 def build_prompt_dataset(rows: pd.DataFrame, tokenizer, template: str, prefill: str | None) -> Dataset:

@@ -131,3 +131,35 @@ def test_stop_strings_retokenize_a_token_that_runs_past_the_stop(tiny_model_dir,
     ids = tok("<answer>25</answer></think>", add_special_tokens=False)["input_ids"]
     cut = trainer._cut_at_stop(ids)
     assert tok.decode(cut[:-1]) == "<answer>25</answer>" and cut[-1] == tok.eos_token_id
+
+
+def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
+    """The CPU LM head (completion positions only, chunked, recomputed in backward) gives TRL's
+    log-probabilities, entropies, loss and gradients."""
+    import copy
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from r1core.grpo import install_cpu_logprob_head
+
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    ours = copy.deepcopy(model)
+    for m in (model, ours):
+        add_fused_lm_head(m, temperature=0.7, outputs=("log_probs", "entropy"))
+    assert install_cpu_logprob_head(ours, 0.7, chunk_tokens=5)  # several chunks
+    assert not install_cpu_logprob_head(load_model_and_tokenizer(str(tiny_model_dir))[0], 0.7)  # no TRL head
+    torch.manual_seed(0)
+    ids = torch.randint(0, 500, (3, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100  # the prompt is not scored
+    labels[2, 9:] = -100  # padding after a short completion
+    attention = torch.ones_like(ids)
+    outs = [m(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True) for m in (model, ours)]
+    for field in ("log_probs", "entropy"):
+        assert torch.allclose(getattr(outs[0], field), getattr(outs[1], field), atol=1e-5), field
+    (outs[0].log_probs.sum() + outs[0].entropy.sum()).backward()
+    (outs[1].log_probs.sum() + outs[1].entropy.sum()).backward()
+    grads = dict(ours.named_parameters())
+    for name, p in model.named_parameters():
+        assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
+    assert torch.allclose(outs[0].loss, outs[1].loss, atol=1e-6)
