@@ -13,7 +13,7 @@ median of ``--reps`` repetitions:
   ``matmul_bound_tokens_per_s``: 64 / the seconds of one decode step's matrix multiplies alone
   (every linear layer of the model and the LM head at batch 64, fp32), measured here.
 - ``grpo_step``: one optimizer step of :class:`r1core.grpo.R1GRPOTrainer` vs TRL's stock
-  ``GRPOTrainer`` on the identical ``GRPOConfig`` (TRL's defaults: 8 completions of one prompt, up
+  ``GRPOTrainer`` on the identical ``GRPOConfig`` (TRL's defaults but 256 tokens: 8 completions of one prompt, up
   to 256 tokens, T=1; accuracy + format rewards; no reference model; fp32 without gradient
   checkpointing, the project's CPU settings: TRL's bf16 default has no fast kernels on this CPU and
   makes both trainers several times slower), first step discarded.
@@ -164,7 +164,7 @@ def bench_grpo_step(reps: int) -> dict:
 
     rows = data.load("gsm8k:train")[0].to_pandas().head(64)
     reward_funcs, _ = get_rewards({"accuracy": 1.0, "format": 1.0}, {})
-    result: dict = {"config": "TRL GRPOConfig defaults: per_device_train_batch_size=8, num_generations=8, "
+    result: dict = {"config": "TRL GRPOConfig defaults (max_completion_length 256, TRL: 512): per_device_train_batch_size=8, num_generations=8, "
                               "max_completion_length=256, temperature=1.0; beta=0, fp32, no gradient checkpointing; "
                               "rewards accuracy+format"}
     for name, cls, extra in (("project", R1GRPOTrainer, {"completions_log_steps": 0}), ("trl", GRPOTrainer, {})):
@@ -172,7 +172,8 @@ def bench_grpo_step(reps: int) -> dict:
         tok.padding_side = "left"
         out = tempfile.mkdtemp(prefix=f"bench-grpo-{name}-")
         args = GRPOConfig(output_dir=out, use_cpu=True, report_to="none", max_steps=reps + 1, seed=0,
-                          logging_steps=1, save_strategy="no", beta=0.0, bf16=False, gradient_checkpointing=False)
+                          logging_steps=1, save_strategy="no", beta=0.0, bf16=False, gradient_checkpointing=False,
+                          max_completion_length=256)
         clock = StepClock()
         trainer = cls(model=model, reward_funcs=reward_funcs, args=args, processing_class=tok, callbacks=[clock],
                       train_dataset=build_prompt_dataset(pd.DataFrame(rows), tok, "r1_zero", "<think>\n"), **extra)

@@ -170,7 +170,8 @@ def sample_token_ids(
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
         t0 = time.perf_counter()
-        results = _decode_batch(model, [list(prompt_ids[i]) for i in idx], params, torch.Generator().manual_seed(
+        device = next(model.parameters()).device
+        results = _decode_batch(model, [list(prompt_ids[i]) for i in idx], params, torch.Generator(device).manual_seed(
             params.seed + b), set(int(e) for e in eos_ids), pad_id, stop_strings or [], tokenizer, candidates,
             prefill_rows)
         for i, r in zip(idx, results, strict=True):
@@ -202,7 +203,7 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
     live = list(range(len(prompts)))  # batch row -> prompt index
     generated: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
-    finished = torch.zeros(len(prompts), dtype=torch.bool)
+    finished = [False] * len(prompts)  # per batch row
     stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens: every token is >= 1 character
     for step in range(params.max_new_tokens):
         tokens = _next_tokens(logits, params, gen, history, candidates)  # (b,)
@@ -217,14 +218,15 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
                 stopped[i] = True
             if stopped[i]:
                 finished[row] = True
-        if bool(finished.all()) or step == params.max_new_tokens - 1:
+        if all(finished) or step == params.max_new_tokens - 1:
             break
-        done = int(finished.sum())
+        done = sum(finished)
         if done and done * 8 >= len(live):  # drop finished rows once they are an eighth of the batch
-            keep = (~finished).nonzero(as_tuple=True)[0]
-            _select_rows(cache, keep.to(device))
+            keep = torch.tensor([r for r, f in enumerate(finished) if not f], device=device)
+            _select_rows(cache, keep)
             live = [live[r] for r in keep.tolist()]
-            tokens, mask, position, finished = tokens[keep], mask[keep], position[keep], finished[keep]
+            tokens, mask, position = tokens[keep], mask[keep], position[keep]
+            finished = [False] * len(live)
             history = history[keep] if history is not None else None
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         position = position + 1
