@@ -9,7 +9,8 @@ median of ``--reps`` repetitions:
   Project: :func:`r1core.generation.generate` (engine ``"r1"``, batch 64). Baseline: transformers
   ``generate`` as TRL's ``GRPOTrainer`` calls it (its ``GenerationConfig`` with
   ``disable_compile=True``, left-padded batches of ``per_device_train_batch_size`` = 8, TRL's
-  default). Also transformers ``generate`` at batch 64, to separate batching from the engine.
+  default). Also transformers ``generate`` at batch 64 (one run, for reference), to separate
+  batching from the engine.
   ``matmul_bound_tokens_per_s``: 64 / the seconds of one decode step's matrix multiplies alone
   (every linear layer of the model and the LM head at batch 64, fp32), measured here.
 - ``grpo_step``: one optimizer step of :class:`r1core.grpo.R1GRPOTrainer` vs TRL's stock
@@ -124,6 +125,8 @@ def bench_generation(reps: int) -> dict:
     for rep in range(reps):
         order = list(paths) if rep % 2 == 0 else list(reversed(paths))
         for name in order:
+            if name == "hf_batch64" and rep > 0:
+                continue  # for reference only: one run (it is the slowest path, ~6 min)
             t0 = time.perf_counter()
             tokens = paths[name]()
             runs[name].append(tokens / (time.perf_counter() - t0))
