@@ -49,6 +49,43 @@ TARGETS = {"generation.speedup_vs_hf_generate": (">=", 4.0), "generation.fractio
            "peak_rss_gb.quickstart": ("<=", 6.0)}
 
 
+#: Set from the command line (``--device``, ``--model``, ``--random-weights``) in each benchmark process.
+OPTIONS = {"device": "cpu", "model": None, "random_weights": False}
+
+
+def _load(for_inference: bool):
+    """``(model, tokenizer)`` for ``OPTIONS``: inference in bf16 on CUDA (fp32 on CPU); training in fp32
+    (the trainer places it). ``random_weights``: the checkpoint's architecture, randomly initialised
+    (throughput only, for a machine that has the config and tokenizer but not the weights)."""
+    import torch
+
+    from r1core.models import load_model_and_tokenizer, resolve_model
+
+    cuda = OPTIONS["device"] == "cuda"
+    dtype = torch.bfloat16 if cuda and for_inference else torch.float32
+    if not OPTIONS["random_weights"]:
+        model, tok = load_model_and_tokenizer(OPTIONS["model"], dtype=str(dtype).split(".")[1])
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(OPTIONS["model"]).path
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.pad_token = tok.pad_token or tok.eos_token
+        tok.padding_side = "left"
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype).eval()
+    if for_inference and cuda:
+        model.to("cuda")
+    return model, tok
+
+
+def _sync() -> None:
+    import torch
+
+    if OPTIONS["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
@@ -77,7 +114,7 @@ def trl_generate(model, tok, prompts: list[str], params, batch_size: int) -> int
     tokens = 0
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         enc = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left",
-                  add_special_tokens=False)
+                  add_special_tokens=False).to(model.device)
         torch.manual_seed(params.seed + b)
         with torch.no_grad():
             out = model.generate(**enc, generation_config=config)
@@ -94,14 +131,16 @@ def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, 
     import torch
 
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
     flops = sum(2 * batch * w.shape[0] * w.shape[1] for w in weights)
     times = []
     with torch.no_grad():
         for _ in range(reps + 1):
+            _sync()
             t0 = time.perf_counter()
             for w in weights:
                 torch.nn.functional.linear(inputs[w.shape[1]], w)
+            _sync()
             times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])
     return seconds, flops / seconds / 1e9
@@ -109,9 +148,8 @@ def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, 
 
 def bench_generation(reps: int) -> dict:
     from r1core.generation import SamplingParams, generate
-    from r1core.models import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(None, for_inference=True)
+    model, tok = _load(for_inference=True)
     prompts = _prompts(tok, 64)
     params = SamplingParams(max_new_tokens=256, temperature=0.6, top_p=0.95, seed=0)
     runs: dict[str, list[float]] = {"r1": [], "hf_trl_batch8": [], "hf_batch64": []}
@@ -127,8 +165,10 @@ def bench_generation(reps: int) -> dict:
         for name in order:
             if name == "hf_batch64" and rep > 0:
                 continue  # for reference only: one run (it is the slowest path, ~6 min)
+            _sync()
             t0 = time.perf_counter()
             tokens = paths[name]()
+            _sync()
             runs[name].append(tokens / (time.perf_counter() - t0))
             print(f"  generation rep {rep + 1}/{reps} {name}: {runs[name][-1]:.1f} tokens/s", flush=True)
         bound.append(matmul_bound_step_seconds(model, 64))
@@ -152,7 +192,6 @@ def bench_grpo_step(reps: int) -> dict:
 
     from r1core import data
     from r1core.grpo import R1GRPOTrainer, build_prompt_dataset
-    from r1core.models import load_model_and_tokenizer
     from r1core.rewards import get_rewards
 
     class StepClock(TrainerCallback):
@@ -160,9 +199,11 @@ def bench_grpo_step(reps: int) -> dict:
             self.seconds, self._t = [], 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
+            _sync()
             self._t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            _sync()
             self.seconds.append(time.perf_counter() - self._t)
 
     rows = data.load("gsm8k:train")[0].to_pandas().head(64)
@@ -171,11 +212,11 @@ def bench_grpo_step(reps: int) -> dict:
                               "max_completion_length=256, temperature=1.0; beta=0, fp32, no gradient checkpointing; "
                               "rewards accuracy+format"}
     for name, cls, extra in (("project", R1GRPOTrainer, {"completions_log_steps": 0}), ("trl", GRPOTrainer, {})):
-        model, tok = load_model_and_tokenizer(None)
-        tok.padding_side = "left"
+        model, tok = _load(for_inference=False)
         out = tempfile.mkdtemp(prefix=f"bench-grpo-{name}-")
-        args = GRPOConfig(output_dir=out, use_cpu=True, report_to="none", max_steps=reps + 1, seed=0,
-                          logging_steps=1, save_strategy="no", beta=0.0, bf16=False, gradient_checkpointing=False,
+        cuda = OPTIONS["device"] == "cuda"  # on CUDA: TRL's own bf16 default; on CPU fp32 (see above)
+        args = GRPOConfig(output_dir=out, use_cpu=not cuda, report_to="none", max_steps=reps + 1, seed=0,
+                          logging_steps=1, save_strategy="no", beta=0.0, bf16=cuda, gradient_checkpointing=False,
                           max_completion_length=256)
         clock = StepClock()
         trainer = cls(model=model, reward_funcs=reward_funcs, args=args, processing_class=tok, callbacks=[clock],
@@ -355,24 +396,45 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: generation in bf16 and GRPO with TRL's bf16 default, on the GPU; results go to "
+                         "benchmarks/results/latest-cuda.json (the targets are this CPU machine's)")
+    ap.add_argument("--model", help="model reference (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the model's architecture randomly initialised (throughput only; completions then run to "
+                         "max_new_tokens): for a machine with the config and tokenizer but not the weights")
+    ap.add_argument("--results", help="folder for the results (default benchmarks/results)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    OPTIONS.update(device=args.device, model=args.model, random_weights=args.random_weights)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device here.")
     if args.one:
         _run_one(args.one, args.reps, Path(args.out))
         return {}
+    global RESULTS
+    RESULTS = Path(args.results) if args.results else RESULTS
+    passed = [f"--device={args.device}"] + ([f"--model={args.model}"] if args.model else []) + (
+        ["--random-weights"] if args.random_weights else [])
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
-    latest = RESULTS / "latest.json"
+    if args.device == "cuda" and "quickstart" in names:
+        raise SystemExit("--device cuda measures generation, grpo_step and pipeline; leave out quickstart.")
+    latest = RESULTS / _latest_name()
     result = json.loads(latest.read_text()) if latest.exists() and set(names) != set(BENCHMARKS) else {}
+    result["options"] = dict(OPTIONS)
     result.setdefault("peak_rss_gb", {})
     for name in names:
         print(f"benchmark {name} ...", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             subprocess.run([sys.executable, "-m", "benchmarks.perf", "--one", name, "--reps", str(args.reps),
-                            "--out", fh.name], check=True)
+                            "--out", fh.name, *passed], check=True)
             one = json.loads(Path(fh.name).read_text())
         rss = one.pop("peak_rss_gb")
         if name == "quickstart":
@@ -386,17 +448,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(result: dict, final: bool = False) -> dict:
-    result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": _torch_threads()}
+    result["machine"] = {"cpu_count": os.cpu_count(), "torch_threads": _torch_threads(), **_gpu()}
     result["date"] = datetime.date.today().isoformat()
     result["targets"] = _check_targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
-    (RESULTS / "latest.json").write_text(text)
-    (RESULTS / f"perf-{result['date']}.json").write_text(text)
-    (RESULTS / "latest.md").write_text(_markdown(result))
+    suffix = "" if OPTIONS["device"] == "cpu" else f"-{OPTIONS['device']}"
+    (RESULTS / _latest_name()).write_text(text)
+    (RESULTS / f"perf{suffix}-{result['date']}.json").write_text(text)
+    (RESULTS / f"latest{suffix}.md").write_text(_markdown(result))
     if final:
         print(_markdown(result))
     return result
+
+
+def _latest_name() -> str:
+    return "latest.json" if OPTIONS["device"] == "cpu" else f"latest-{OPTIONS['device']}.json"
+
+
+def _gpu() -> dict:
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name()} if OPTIONS["device"] == "cuda" else {}
 
 
 def _torch_threads() -> int:

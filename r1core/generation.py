@@ -343,11 +343,11 @@ def _next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Genera
     values, index = logits.topk(k, dim=-1)  # (b, k), sorted descending
     if params.top_k > 0:  # HF renormalises over the top-k before top-p
         probs = torch.softmax(values, dim=-1)
-        full = torch.zeros(len(values), dtype=torch.bool)
+        full = torch.zeros(len(values), dtype=torch.bool, device=values.device)
     else:
         probs = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True))
         # Could the first token past the candidates survive the filters? Then sort everything.
-        full = torch.full((len(values),), k < vocab, dtype=torch.bool)
+        full = torch.full((len(values),), k < vocab, dtype=torch.bool, device=values.device)
         if params.top_p < 1.0:
             full &= probs.sum(-1) < params.top_p
         if params.min_p > 0:
