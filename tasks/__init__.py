@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from r1core import stages  # noqa: E402
 from r1core.config import Recipe  # noqa: E402
 from r1core.stage_process import run_stage_in_process  # noqa: E402
+from r1core.stage_utils import release_memory  # noqa: E402
 
 
 def _recipe(recipe_json: str) -> Recipe:
@@ -58,7 +59,10 @@ _TASK = dict(persist_result=True, retry_delay_seconds=10)
 @task(name="base-model", retries=1, cache_policy=NO_CACHE, retry_delay_seconds=10)
 def base_model(recipe_json: str) -> dict:
     """Log the base model to MLflow once (found again by tag) and return its URI."""
-    return stages.base_model(_recipe(recipe_json))
+    try:
+        return stages.base_model(_recipe(recipe_json))
+    finally:
+        release_memory("base-model")
 
 
 def _stage_task(type_: str, doc: str, retries: int):
@@ -68,7 +72,10 @@ def _stage_task(type_: str, doc: str, retries: int):
         recipe = _recipe(recipe_json)
         if recipe.concurrency > 1:  # stages at once: each in its own process (model loading is not thread-safe)
             return run_stage_in_process(recipe_json, stage, parent_run_id, inputs)
-        return fn(recipe, stage, parent_run_id, **inputs)
+        try:
+            return fn(recipe, stage, parent_run_id, **inputs)
+        finally:  # stages share this process: hand the next one the memory this one freed
+            release_memory(stage)
 
     run.__doc__ = doc
     run.__name__ = run.__qualname__ = type_  # Prefect's task key derives from the name
