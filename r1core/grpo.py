@@ -52,6 +52,7 @@ from transformers.integrations import MLflowCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from r1core.config import trl_config
+from r1core.stage_utils import trim_heap_callback
 from r1core.prompts import render
 from r1core.rewards import get_rewards
 
@@ -460,7 +461,8 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
                             train_dataset=dataset, processing_class=tokenizer,
                             dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
                             completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings,
-                            generation_engine=cfg.generation_engine)
+                            generation_engine=cfg.generation_engine,
+                            callbacks=[] if torch.cuda.is_available() else [trim_heap_callback()])
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

@@ -37,30 +37,54 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+
+def trim_heap() -> bool:
+    """glibc's ``malloc_trim(0)``: hand the free pages of every malloc arena back to the operating
+    system. Returns whether it ran (False where glibc is absent: macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
+
 def release_memory(stage: str) -> None:
     """Give the memory a finished stage freed back to the operating system.
 
     Stages run one after another in the pipeline's process. A stage's tensors are freed when it
     returns (``gc.collect()`` also clears the trainers' reference cycles), but glibc keeps freed
     heap pages in its arenas, so without a trim the process's resident memory only grows from
-    stage to stage (measured on the quickstart: 6.5 GB held after GRPO, 7.6 GB peak in SFT).
-    ``malloc_trim(0)`` returns the free pages of every arena. No-op where glibc is absent.
+    stage to stage (quickstart: 6.5 GB still held after GRPO; with the trim 5.2 GB -> 0.8 GB).
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl)
-        return
     before = _resident_gb()
-    trim(0)
-    logger.info("stage %s done; resident memory %.2f GB -> %.2f GB after returning freed memory", stage, before,
-                _resident_gb())
+    if trim_heap():
+        logger.info("stage %s done; resident memory %.2f GB -> %.2f GB after returning freed memory", stage,
+                    before, _resident_gb())
+
+
+def trim_heap_callback():
+    """A transformers ``TrainerCallback`` that runs :func:`trim_heap` after every optimizer step.
+
+    On CPU, each training step allocates activations and logits of a different size (completion
+    lengths vary), glibc reuses freed blocks only where they fit, and the process grows step after
+    step (quickstart GRPO: 4.7 GB after step 1, 6.0 GB after step 4; SFT 4.5 -> 6.6 GB over 8
+    steps). Trimming after each step keeps the resident memory at the step's working set; it costs
+    milliseconds against steps of tens of seconds.
+    """
+    from transformers import TrainerCallback
+
+    class TrimHeap(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            trim_heap()
+
+    return TrimHeap()
 
 
 def _resident_gb() -> float:

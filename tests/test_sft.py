@@ -35,3 +35,18 @@ def test_loss_mask_is_the_assistant_turn_with_its_end_of_turn_token(tiny_model_d
 def test_packing_is_a_recipe_switch(tmp_path):
     assert sft_args(SFTStageConfig(packing=True), str(tmp_path), 0, use_cpu=True).packing is True
     assert sft_args(SFTStageConfig(), str(tmp_path), 0, use_cpu=True).packing is False
+
+
+def test_cpu_training_trims_the_heap_after_every_step(tiny_model_dir, tmp_path, monkeypatch):
+    """On CPU the SFT trainer carries the heap-trim callback, and it runs once per optimizer step."""
+    from transformers import AutoModelForCausalLM
+
+    from r1core import stage_utils
+
+    calls = []
+    monkeypatch.setattr(stage_utils, "trim_heap", lambda: calls.append(1) or True)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = build_trainer(model, tok, _traces(), SFTStageConfig(max_steps=2), str(tmp_path))
+    trainer.train()
+    assert len(calls) == 2
