@@ -64,9 +64,9 @@ def _load(for_inference: bool):
     from r1core.models import load_model_and_tokenizer, resolve_model
 
     cuda = OPTIONS["device"] == "cuda"
-    dtype = torch.bfloat16 if cuda and for_inference else torch.float32
+    dtype = "bfloat16" if cuda and for_inference else "float32"
     if not OPTIONS["random_weights"]:
-        model, tok = load_model_and_tokenizer(OPTIONS["model"], dtype=str(dtype).split(".")[1])
+        model, tok = load_model_and_tokenizer(OPTIONS["model"], dtype=dtype)
     else:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -75,7 +75,7 @@ def _load(for_inference: bool):
         tok.pad_token = tok.pad_token or tok.eos_token
         tok.padding_side = "left"
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype).eval()
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=getattr(torch, dtype)).eval()
     if for_inference and cuda:
         model.to("cuda")
     return model, tok

@@ -52,9 +52,9 @@ from transformers.integrations import MLflowCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from r1core.config import trl_config
-from r1core.stage_utils import trim_heap_callback
 from r1core.prompts import render
 from r1core.rewards import get_rewards
+from r1core.stage_utils import trim_heap_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -462,7 +462,7 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
                             dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
                             completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings,
                             generation_engine=cfg.generation_engine,
-                            callbacks=[] if torch.cuda.is_available() else [trim_heap_callback()])
+                            callbacks=trim_heap_callbacks(args))
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None

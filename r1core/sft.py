@@ -19,7 +19,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from r1core.config import trl_config
-from r1core.stage_utils import trim_heap_callback
+from r1core.stage_utils import trim_heap_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def build_trainer(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, 
     args = sft_args(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available())
     dataset = Dataset.from_dict({"prompt": list(traces["prompt"]), "completion": list(traces["completion"])})
     tokenizer.padding_side = "right"
-    callbacks = [] if torch.cuda.is_available() else [trim_heap_callback()]  # CPU: see trim_heap_callback
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      callbacks=trim_heap_callbacks(args))
 
 
 def train_sft(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:

@@ -37,20 +37,16 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-
 def trim_heap() -> bool:
     """glibc's ``malloc_trim(0)``: hand the free pages of every malloc arena back to the operating
-    system. Returns whether it ran (False where glibc is absent: macOS, musl)."""
+    system. Returns whether it ran (False where the C library has none: macOS, musl)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).malloc_trim(0)  # the C library this process already runs on
+    except (OSError, AttributeError):
         return False
     return True
-
 
 def release_memory(stage: str) -> None:
     """Give the memory a finished stage freed back to the operating system.
@@ -69,8 +65,9 @@ def release_memory(stage: str) -> None:
                     before, _resident_gb())
 
 
-def trim_heap_callback():
-    """A transformers ``TrainerCallback`` that runs :func:`trim_heap` after every optimizer step.
+def trim_heap_callbacks(args) -> list:
+    """``[callback]`` running :func:`trim_heap` after every optimizer step when ``args`` (a
+    transformers ``TrainingArguments``) trains on the CPU; ``[]`` otherwise.
 
     On CPU, each training step allocates activations and logits of a different size (completion
     lengths vary), glibc reuses freed blocks only where they fit, and the process grows step after
@@ -84,7 +81,7 @@ def trim_heap_callback():
         def on_step_end(self, args, state, control, **kwargs):
             trim_heap()
 
-    return TrimHeap()
+    return [TrimHeap()] if args.use_cpu else []
 
 
 def _resident_gb() -> float:
