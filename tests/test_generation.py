@@ -44,9 +44,9 @@ def test_chunked_prefill_and_dropping_rows_match_one_pass(tiny, monkeypatch):
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     eos = [tok.eos_token_id]
     one_pass = sample_token_ids(model, ids, params, eos_ids=eos, pad_id=tok.pad_token_id, batch_size=6,
-                                prefill_rows=6)
+                                prefill_tokens=10_000)
     chunked = sample_token_ids(model, ids, params, eos_ids=eos, pad_id=tok.pad_token_id, batch_size=6,
-                               prefill_rows=1)
+                               prefill_tokens=1)
     assert [c.ids for c in chunked] == [c.ids for c in one_pass]
     # Make every row's 3rd token end it: rows leave the batch, the rest continue unchanged.
     stop_at = {c.ids[2] for c in one_pass}
@@ -54,6 +54,70 @@ def test_chunked_prefill_and_dropping_rows_match_one_pass(tiny, monkeypatch):
     for full, short in zip(one_pass, cut, strict=True):
         first = next(i for i, t in enumerate(full.ids) if t in stop_at)
         assert short.ids == full.ids[: first + 1] and short.stopped
+
+
+def test_prefill_passes_keep_to_the_token_budget():
+    assert generation._prefill_chunks([2, 2, 3, 9], budget=8) == [(0, 2), (2, 3), (3, 4)]
+    assert generation._prefill_chunks([5, 5, 5], budget=1) == [(0, 1), (1, 2), (2, 3)]  # one row at least
+    assert generation._prefill_chunks([5, 5, 5], budget=100) == [(0, 3)]
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
+    """Prompts sharing a system prompt: the prefix is pre-filled once and copied next to each
+    row's rest; logits and every row's cache columns equal a pre-fill without sharing, and greedy
+    completions equal transformers'."""
+    model, tok = tiny
+    system = "You are a careful assistant. Reason step by step, then answer in one line. "
+    prompts = [system + q for q in ("What is 1+1?", "Name a prime larger than ten, please.", "Hi",
+                                    "Sum the first ten odd numbers and explain the pattern you see.")]
+    ids = sorted((tok(p, add_special_tokens=False)["input_ids"] for p in prompts), key=len)
+    assert generation._shared_prefix(ids) >= 8
+    with torch.no_grad():
+        shared = generation._prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40)
+        plain = generation._prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40, min_shared=10**6)
+    torch.testing.assert_close(shared[1], plain[1], atol=1e-4, rtol=1e-4)
+    width = shared[2].shape[1]
+    for row, p in enumerate(ids):  # the valid columns of every layer's cache
+        for a, b in zip(shared[0].layers, plain[0].layers, strict=True):
+            torch.testing.assert_close(a.keys[row, :, width - len(p):], b.keys[row, :, width - len(p):], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a.values[row, :, width - len(p):], b.values[row, :, width - len(p):], atol=1e-4, rtol=1e-4)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    ours = generate(model, tok, prompts, params, batch_size=4, engine="r1")
+    theirs = generate(model, tok, prompts, params, batch_size=4, engine="hf")
+    assert [o.text for o in ours] == [t.text for t in theirs]
+
+
+def test_row_buckets_split_where_padding_costs_more_than_a_call(monkeypatch):
+    cpu = torch.device("cpu")
+    assert generation._row_buckets([7, 7, 7], cpu) is None  # nothing to skip
+    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 0)
+    assert generation._row_buckets([400, 400, 0], cpu) == [(0, 2, 400), (2, 3, 0)]
+    assert generation._row_buckets([400, 400, 0], torch.device("meta")) is None  # CPU only
+    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 1000)  # saving 800 columns is not worth a call
+    assert generation._row_buckets([400, 400, 0], cpu) is None
+
+
+def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
+    """Decode attention split into row buckets (one per distinct prompt length here) reads fewer
+    cache columns than the padded batch has, and greedy tokens still equal transformers'."""
+    model, tok = tiny
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 0)
+    widths = []
+    real = generation.sdpa_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        widths.append((query.shape[0], key.shape[2]))
+        return real(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "sdpa_attention_forward", spy)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    ours = generate(model, tok, PROMPTS, params, batch_size=6, engine="r1")
+    assert model.config._attn_implementation == "sdpa"  # restored after every step
+    full = max(w for _, w in widths)
+    assert any(rows < len(PROMPTS) and w < full for rows, w in widths), widths
+    theirs = generate(model, tok, PROMPTS, params, batch_size=6, engine="hf")
+    assert [o.text for o in ours] == [t.text for t in theirs]
 
 
 @pytest.mark.parametrize("kwargs", [dict(top_p=0.9), dict(top_p=0.5, top_k=5), dict(top_p=1.0, min_p=0.2),
