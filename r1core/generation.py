@@ -10,8 +10,12 @@ Two engines behind one call, :func:`generate` (texts) or :func:`sample_token_ids
   of the mass fall back to the full sort, so the distribution is exactly HF's), (2) pre-fills each
   distinct prompt once and copies its KV cache to its ``k`` samples (GRPO groups, pass@k), and
   (3) drops finished sequences from the batch (and their KV cache), so the batch only computes
-  live rows. Same weights, same forward, so the completions' log-probabilities under the training
-  model equal the sampler's (no importance-sampling correction is needed).
+  live rows, (4) on CPU runs every linear layer through oneDNN on weights packed once per call
+  (:class:`_packed_linears`), (5) splits decode attention into row buckets that each read only
+  their own cache columns, not the padding up to the batch's longest prompt (:func:`_bucketed_sdpa`),
+  and (6) pre-fills in passes of a token budget, the prompts' shared prefix (a system prompt) once.
+  Same weights, same forward up to fp32 summation order, so the completions' log-probabilities
+  under the training model equal the sampler's (no importance-sampling correction is needed).
 - ``"hf"``: transformers ``generate`` (the baseline ``make bench`` compares against).
 
 Prompts are sorted by length and generated in batches of ``batch_size`` with left padding, so
@@ -283,7 +287,7 @@ class _packed_linears:
         for module in self.model.modules():
             weight = getattr(module, "weight", None)
             if (type(module) is not torch.nn.Linear or "forward" in module.__dict__ or weight.device.type != "cpu"
-                    or weight.dtype != torch.float32):
+                    or weight.dtype != torch.float32 or weight.dim() != 2 or not weight.numel()):
                 continue
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
