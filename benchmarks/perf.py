@@ -139,29 +139,29 @@ def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, 
     its bound."""
     import torch
 
-    from r1core.generation import _packed_linear
+    from r1core.generation import _packed_linears
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=m.weight.dtype, device=m.weight.device)
               for m in linears}
     flops = sum(2 * batch * m.in_features * m.out_features for m in linears)
-    kernels = {"F.linear": [lambda x, m=m: torch.nn.functional.linear(x, m.weight, m.bias) for m in linears]}
-    if OPTIONS["device"] == "cpu" and torch.backends.mkldnn.is_available():
-        with torch.no_grad():
-            packed = [(torch.ops.mkldnn._reorder_linear_weight(m.weight.detach()), m.bias) for m in linears]
-        kernels["oneDNN packed"] = [lambda x, w=w, b=b: _packed_linear(w, b, x) for w, b in packed]
-    seconds = {}
+
+    def timed(call) -> float:
+        times = []
+        for _ in range(reps + 1):
+            _sync()
+            t0 = time.perf_counter()
+            for m in linears:
+                call(m, inputs[m.in_features])
+            _sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+
     with torch.no_grad():
-        for name, calls in kernels.items():
-            times = []
-            for _ in range(reps + 1):
-                _sync()
-                t0 = time.perf_counter()
-                for m, call in zip(linears, calls, strict=True):
-                    call(inputs[m.in_features])
-                _sync()
-                times.append(time.perf_counter() - t0)
-            seconds[name] = statistics.median(times[1:])
+        seconds = {"F.linear": timed(lambda m, x: torch.nn.functional.linear(x, m.weight, m.bias))}
+        with _packed_linears(model) as packed:
+            if packed.patched:  # CPU with oneDNN: each linear's forward is the packed kernel
+                seconds["oneDNN packed"] = timed(lambda m, x: m(x))
     best = min(seconds.values())
     return best, flops / best / 1e9, seconds
 

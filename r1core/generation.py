@@ -217,9 +217,11 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
     full_attention = all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers)
     starts = (mask.shape[1] - mask.sum(-1)).tolist()  # each row's first cache column (left padding)
     buckets = _row_buckets(starts, device) if full_attention else None
-    additive = torch.zeros((len(prompts), 1, 1, mask.shape[1] + params.max_new_tokens), dtype=model.dtype,
-                           device=device)  # (B, 1, 1, P + T): 0, or the dtype's minimum on padding
-    additive[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(model.dtype).min)
+    additive = None  # (B, 1, 1, P + T): 0, or the dtype's minimum on padding; only where buckets are used
+    if buckets is not None:  # (rows leaving cannot make equal starts unequal: no buckets now, none later)
+        additive = torch.zeros((len(prompts), 1, 1, mask.shape[1] + params.max_new_tokens), dtype=model.dtype,
+                               device=device)
+        additive[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(model.dtype).min)
     live = list(range(len(prompts)))  # batch row -> prompt index
     generated: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
@@ -248,8 +250,9 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
             tokens, mask, position = tokens[keep], mask[keep], position[keep]
             finished = [False] * len(live)
             history = history[keep] if history is not None else None
-            starts, additive = [starts[r] for r in keep.tolist()], additive[keep]
-            buckets = _row_buckets(starts, device) if full_attention else None
+            starts = [starts[r] for r in keep.tolist()]
+            additive = additive[keep] if additive is not None else None
+            buckets = _row_buckets(starts, device) if additive is not None else None
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         position = position + 1
         step_ids = tokens.to(device)[:, None]  # (b, 1)
@@ -411,13 +414,10 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, capacity: int, chunk_
     cache, logits = _new_cache(model), []
     chunked = all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers)
     shared = _shared_prefix(prompts) if chunked and len(prompts) > 1 else 0  # < every prompt's length
-    prefix = None
-    if shared >= min_shared:
-        prefix = _new_cache(model)
+    shared, prefix = (shared, _new_cache(model)) if shared >= min_shared else (0, None)
+    if prefix is not None:
         model(input_ids=torch.tensor([prompts[0][:shared]], device=device), past_key_values=prefix, use_cache=True,
               position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1)
-    else:
-        shared = 0
     rests = [p[shared:] for p in prompts]
     bounds = _prefill_chunks([len(p) for p in rests], chunk_tokens) if chunked else [(0, len(prompts))]
     for start, end in bounds:  # other layer kinds (sliding windows): one pass
