@@ -258,8 +258,10 @@ def bench_grpo_step(reps: int) -> dict:
                 _log.append(time.perf_counter() - t0)
 
         trainer._generate_single_turn = timed
-        trainer.train()
-        shutil.rmtree(out, ignore_errors=True)
+        try:
+            trainer.train()
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
         result[name] = {"step_seconds": clock.seconds, "generation_seconds": generation,
                         "completion_tokens": [h.get("completions/mean_length") for h in trainer.state.log_history
                                               if "completions/mean_length" in h]}
@@ -364,20 +366,25 @@ def bench_quickstart(reps: int) -> dict:
     proc = subprocess.Popen([str(r1), "pipeline", "--recipe", "recipes/quickstart.yaml"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        total = 0
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak = max(peak, total)
-        time.sleep(0.5)
+    try:  # the state folder holds ~3.6 GB of models and artifacts: removed even when interrupted
+        while proc.poll() is None:
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            peak = max(peak, total)
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(state, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    shutil.rmtree(state, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the quickstart pipeline failed (exit {proc.returncode}); run `make demo` to see why.")
     return {"quickstart_gb": peak / 1024**3, "quickstart_seconds": seconds}

@@ -223,11 +223,11 @@ def pandas_dataset(df: pd.DataFrame, source: str, name: str, targets: str | None
 
 def read_dataset(uri: str) -> pd.DataFrame:
     """Read a JSONL dataset artifact written by :func:`log_dataset` (``runs:/...`` or a path)."""
-    if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:/")):
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="r1-data-"))
-    else:
-        path = uri
-    return pd.read_json(path, orient="records", lines=True, dtype=False)
+    if not uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/", "file:/")):
+        return pd.read_json(uri, orient="records", lines=True, dtype=False)
+    with tempfile.TemporaryDirectory(prefix="r1-data-") as tmp:  # the download is read, then removed
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        return pd.read_json(path, orient="records", lines=True, dtype=False)
 
 
 def log_model(model, tokenizer, name: str, params: dict[str, Any] | None = None,

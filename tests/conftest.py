@@ -33,6 +33,22 @@ def pytest_configure(config):
             os.environ["R1_DATA_DIR"] = str(shared)
 
 
+def pytest_unconfigure(config):
+    """Remove the session's state folder (~1 GB: cached model copies, MLflow artifacts).
+
+    Every run used to leave one behind in the temp folder, enough to fill a CI disk after a few runs.
+    Set ``R1_KEEP_TEST_STATE=1`` to keep it for debugging (its path is printed).
+    """
+    import shutil
+
+    if _SESSION_TMP is None:
+        return
+    if os.environ.get("R1_KEEP_TEST_STATE") == "1":
+        print(f"\nkept the test state in {_SESSION_TMP}")
+        return
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     value = os.environ.get("R1_DATA_DIR")
