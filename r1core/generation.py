@@ -222,13 +222,14 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
         additive = torch.zeros((len(prompts), 1, 1, mask.shape[1] + params.max_new_tokens), dtype=model.dtype,
                                device=device)
         additive[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(model.dtype).min)
+    scratch = torch.empty_like(logits)  # (B, V): the sampler's normaliser, reused every step
     live = list(range(len(prompts)))  # batch row -> prompt index
     generated: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     finished = [False] * len(prompts)  # per batch row
     stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens: every token is >= 1 character
     for step in range(params.max_new_tokens):
-        tokens = _next_tokens(logits, params, gen, history, candidates)  # (b,)
+        tokens = _next_tokens(logits, params, gen, history, candidates, scratch)  # (b,)
         for row, tok in enumerate(tokens.tolist()):
             i = live[row]
             if finished[row]:
@@ -525,38 +526,94 @@ def _select_rows(cache, rows: torch.Tensor) -> None:
 
 
 def _next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
-                 history: torch.Tensor | None, candidates: int) -> torch.Tensor:
+                 history: torch.Tensor | None, candidates: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Sample one token per row of ``logits`` ``(b, V)`` with HF's warper semantics, in HF's order
-    (repetition penalty, temperature, top-k, top-p, min-p). Returns ``(b,)`` token ids."""
+    (repetition penalty, temperature, top-k, top-p, min-p). Returns ``(b,)`` token ids.
+
+    ``scratch``: an optional ``(>= b, V)`` buffer of the logits' dtype, reused across steps for the
+    softmax normaliser (a fresh ``(64, 49152)`` temporary costs page faults every step).
+    """
     if history is not None:  # CTRL (arXiv:1909.05858): divide positive logits, multiply negative ones
         seen = logits.gather(1, history)
         logits = logits.scatter(1, history, torch.where(seen > 0, seen / params.repetition_penalty,
                                                         seen * params.repetition_penalty))
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits / params.temperature
     vocab = logits.shape[-1]
     if params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0:
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
-    k = min(params.top_k if params.top_k > 0 else candidates, vocab)
-    values, index = logits.topk(k, dim=-1)  # (b, k), sorted descending
-    if params.top_k > 0:  # HF renormalises over the top-k before top-p
+        return torch.multinomial(torch.softmax(logits / params.temperature, dim=-1), 1, generator=gen).squeeze(1)
+    # Candidates are taken on the raw logits: dividing by a temperature > 0 keeps their order.
+    if params.top_k > 0:  # HF renormalises over exactly the top-k before top-p
+        k = min(params.top_k, vocab)
+        raw, index = logits.topk(k, dim=-1)  # (b, k), sorted descending
+        values = raw / params.temperature
         probs = torch.softmax(values, dim=-1)
         full = torch.zeros(len(values), dtype=torch.bool, device=values.device)
     else:
-        probs = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True))
-        # Could the first token past the candidates survive the filters? Then sort everything.
-        full = torch.full((len(values),), k < vocab, dtype=torch.bool, device=values.device)
-        if params.top_p < 1.0:
-            full &= probs.sum(-1) < params.top_p
-        if params.min_p > 0:
-            full &= probs[:, -1] >= params.min_p * probs[:, 0]
+        k = min(candidates, vocab)
+        raw, index, trusted = _top_logits(logits, k)  # trusted: (b,) leading candidates known to be the top
+        log_norm = _scaled_logsumexp(logits, raw[:, :1], params.temperature, scratch)  # (b, 1)
+        values = raw / params.temperature
+        probs = torch.exp(values - log_norm)  # (b, k) under the full distribution
+        retry = _may_extend(probs, trusted, vocab, params) & (trusted < k)
+        if bool(retry.any()):  # the tiles' bound cut these rows' candidates short: take their exact top-k
+            rows = retry.nonzero(as_tuple=True)[0]
+            raw_rows, index[rows] = logits[rows].topk(k, dim=-1)
+            values[rows] = raw_rows / params.temperature
+            probs[rows] = torch.exp(values[rows] - log_norm[rows])
+            trusted[rows] = k
+        # Could a token past the candidates survive the filters? Then sort everything.
+        full = _may_extend(probs, trusted, vocab, params)
     choice = _truncated_choice(values, index, probs, params, gen)
     if bool(full.any()):
         rows = full.nonzero(as_tuple=True)[0]
-        all_values, all_index = logits[rows].sort(dim=-1, descending=True)
+        all_values, all_index = (logits[rows] / params.temperature).sort(dim=-1, descending=True)
         choice[rows] = _truncated_choice(all_values, all_index, torch.softmax(all_values, dim=-1), params, gen)
     return choice
+
+
+def _top_logits(logits: torch.Tensor, k: int, tile: int = 64, tiles: int = 32
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` largest logits per row, sorted descending: ``(values (b, k), index (b, k), trusted (b,))``.
+
+    On CPU, with a vocabulary of more than ``2 * tiles`` tiles of ``tile`` tokens, the candidates come
+    from the ``tiles`` tiles with the largest maxima (``tiles * tile`` logits a row instead of ``V``;
+    for ``(64, 49152)`` logits: 2.6 ms instead of 6-8 ms for ``topk``). Every logit outside those
+    tiles is at most the next tile's maximum, so the candidates above it are the row's true top:
+    ``trusted`` counts them. Elsewhere, a plain ``topk`` (``trusted == k``).
+    """
+    b, vocab = logits.shape
+    if logits.device.type != "cpu" or vocab % tile or vocab // tile <= 2 * tiles or k > tiles * tile:
+        values, index = logits.topk(k, dim=-1)
+        return values, index, torch.full((b,), k, dtype=torch.long, device=logits.device)
+    blocks = logits.reshape(b, vocab // tile, tile)
+    tile_max, tile_index = blocks.amax(-1).topk(tiles + 1, dim=-1)  # (b, tiles + 1), descending
+    kept = blocks.gather(1, tile_index[:, :tiles, None].expand(-1, -1, tile)).reshape(b, tiles * tile)
+    values, position = kept.topk(k, dim=-1)
+    index = tile_index.gather(1, torch.div(position, tile, rounding_mode="floor")) * tile + position % tile
+    return values, index, (values > tile_max[:, tiles:]).sum(-1)
+
+
+def _scaled_logsumexp(logits: torch.Tensor, row_max: torch.Tensor, temperature: float,
+                      scratch: torch.Tensor | None) -> torch.Tensor:
+    """``logsumexp(logits / temperature)`` per row, ``(b, 1)``, given each row's maximum ``(b, 1)``;
+    the ``(b, V)`` temporary lives in ``scratch`` when one is given."""
+    work = torch.sub(logits, row_max, out=scratch[: len(logits)]) if scratch is not None else logits - row_max
+    total = work.mul_(1.0 / temperature).exp_().sum(-1, keepdim=True)
+    return row_max / temperature + total.log()
+
+
+def _may_extend(probs: torch.Tensor, trusted: torch.Tensor, vocab: int, params: SamplingParams) -> torch.Tensor:
+    """Rows ``(b,)`` whose top-p / min-p set might reach past their first ``trusted`` candidates
+    (``probs`` ``(b, k)``: the candidates' probabilities under the full distribution)."""
+    more = trusted < vocab
+    if params.top_p < 1.0:
+        first = torch.arange(probs.shape[1], device=probs.device) < trusted[:, None]
+        more &= (probs * first).sum(-1) < params.top_p
+    if params.min_p > 0:  # the last trusted candidate passes min-p: the next token might too
+        last = probs.gather(1, (trusted.clamp(min=1) - 1)[:, None]).squeeze(1)
+        more &= last >= params.min_p * probs[:, 0]
+    return more
 
 
 def _truncated_choice(values: torch.Tensor, index: torch.Tensor, probs: torch.Tensor, params: SamplingParams,

@@ -156,6 +156,60 @@ def test_sampler_draws_from_transformers_warped_distribution(kwargs):
     assert float((freq - expected).abs().max()) < 0.035
 
 
+def _tiled_rows() -> torch.Tensor:
+    """Logits ``(3, 7680)`` (120 tiles of 64) for the CPU sampler's tiled candidates: row 0 peaked (its
+    trusted candidates settle top-p 0.9), row 1 with 100 near-equal leaders in 100 tiles (past any 64
+    candidates: full sort), row 2 with one leader and 60 runners-up in 60 tiles (the 32 tiles' bound
+    cuts the candidates short, the exact top 64 settle it)."""
+    torch.manual_seed(0)
+    vocab, tile = 7680, 64
+    logits = torch.randn(3, vocab) * 0.5
+    logits[0, 123] = 12.0
+    logits[1, torch.arange(100) * tile + torch.randint(0, tile, (100,))] = 8.0 + torch.randn(100) * 0.3
+    logits[2, 77] = 10.0
+    logits[2, torch.arange(1, 61) * tile + 5] = 7.5 + torch.randn(60) * 0.3
+    return logits
+
+
+def test_tiled_candidates_trust_only_the_true_top():
+    """``_top_logits`` on CPU takes candidates from the 32 tiles with the largest maxima; the ones it
+    trusts equal ``topk``'s, and rows whose trusted candidates cannot settle top-p are found."""
+    logits = _tiled_rows()
+    params = SamplingParams(temperature=0.7, top_p=0.9)
+    values, index, trusted = generation._top_logits(logits, 64)
+    exact_values, exact_index = logits.topk(64, dim=-1)
+    assert (trusted < 64).all() and (trusted > 0).all()
+    for row in range(3):
+        n = int(trusted[row])
+        assert torch.equal(values[row, :n], exact_values[row, :n])
+        assert torch.equal(index[row, :n], exact_index[row, :n])
+    log_norm = torch.logsumexp(logits / 0.7, dim=-1, keepdim=True)
+    tiled = generation._may_extend(torch.exp(values / 0.7 - log_norm), trusted, logits.shape[1], params)
+    exact = generation._may_extend(torch.exp(exact_values / 0.7 - log_norm), torch.full((3,), 64), logits.shape[1],
+                                   params)
+    assert tiled.tolist() == [False, True, True] and exact.tolist() == [False, True, False]
+    log_norm_ours = generation._scaled_logsumexp(logits, exact_values[:, :1], 0.7, torch.empty(4, logits.shape[1]))
+    assert torch.allclose(log_norm_ours, log_norm, rtol=1e-6)
+
+
+def test_sampler_with_tiled_candidates_draws_from_transformers_distribution():
+    """Through all three tiled-candidate paths (trusted, exact top-k retry, full sort), the draws
+    follow transformers' temperature + top-p warpers."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = _tiled_rows()
+    params = SamplingParams(temperature=0.7, top_p=0.9)
+    expected = torch.softmax(TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.7)(None, logits.clone())), dim=-1)
+    gen, draws = torch.Generator().manual_seed(1), 4000
+    scratch = torch.empty_like(logits)
+    counts = torch.zeros_like(logits)
+    for _ in range(draws):
+        tokens = generation._next_tokens(logits.clone(), params, gen, None, candidates=64, scratch=scratch)
+        counts[torch.arange(3), tokens] += 1
+    assert bool((counts[expected == 0] == 0).all()), "sampled a token transformers' warpers remove"
+    assert float((counts / draws - expected).abs().max()) < 0.035
+
+
 def test_stop_strings_end_the_completion(tiny):
     model, tok = tiny
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
