@@ -87,6 +87,28 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
     assert [o.text for o in ours] == [t.text for t in theirs]
 
 
+def test_cache_rows_leave_in_place_and_repeat_by_copy():
+    """Rows leaving the preallocated cache are compacted inside its buffers (no new allocation),
+    every kept row's filled columns intact; repeating rows (k samples per prompt) copies; decoding
+    goes on writing after the kept rows."""
+    torch.manual_seed(0)
+    layer = generation._PreallocatedLayer()
+    keys, values = torch.randn(7, 2, 5, 4), torch.randn(7, 2, 5, 4)
+    layer.update(keys, values)
+    buffer = layer._keys.data_ptr()
+    keep = [1, 2, 4, 5, 6]
+    layer.batch_select_indices(torch.tensor(keep))
+    assert layer._keys.data_ptr() == buffer and layer.keys.shape == (5, 2, 5, 4)
+    assert torch.equal(layer.keys, keys[keep]) and torch.equal(layer.values, values[keep])
+    step_k, step_v = torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4)
+    k, v = layer.update(step_k, step_v)
+    assert torch.equal(k, torch.cat([keys[keep], step_k], 2)) and torch.equal(v, torch.cat([values[keep], step_v], 2))
+    layer.batch_select_indices(torch.tensor([0, 0, 3]))
+    assert torch.equal(layer.keys, torch.cat([keys[keep], step_k], 2)[[0, 0, 3]])
+    moves = generation._row_moves([0, 1, 3, 4, 5, 9])
+    assert moves == [(2, 3, 1), (3, 4, 1), (4, 5, 1), (5, 9, 1)]
+
+
 def test_row_buckets_split_where_padding_costs_more_than_a_call(monkeypatch):
     cpu = torch.device("cpu")
     assert generation._row_buckets([7, 7, 7], cpu) is None  # nothing to skip
