@@ -7,11 +7,12 @@ Two engines behind one call, :func:`generate` (texts) or :func:`sample_token_ids
   transformers ``generate`` it (1) samples top-p/top-k/min-p from the top-``candidates`` logits
   instead of sorting the whole vocabulary every step (a full sort of ``(64, 49152)`` logits costs
   as much as half a SmolLM2 decode step on 2 cores; rows whose candidates hold less than ``top_p``
-  of the mass fall back to the full sort, so the distribution is exactly HF's), (2) pre-fills each
-  distinct prompt once and copies its KV cache to its ``k`` samples (GRPO groups, pass@k), and
-  (3) drops finished sequences from the batch (and their KV cache), so the batch only computes
-  live rows, (4) on CPU runs every linear layer through oneDNN on weights packed once per call
-  (:class:`_packed_linears`), (5) splits decode attention into row buckets that each read only
+  of the mass fall back to the full sort, so the distribution is exactly HF's; on CPU the
+  candidates come from the vocabulary tiles with the largest maxima, :func:`_top_logits`),
+  (2) pre-fills each distinct prompt once and copies its KV cache to its ``k`` samples (GRPO
+  groups, pass@k), and (3) drops finished sequences from the batch (their KV cache compacted in
+  place), so the batch only computes live rows, (4) on CPU runs every linear layer through
+  oneDNN on weights packed once per call (:class:`_packed_linears`), (5) splits decode attention into row buckets that each read only
   their own cache columns, not the padding up to the batch's longest prompt (:func:`_bucketed_sdpa`),
   and (6) pre-fills in passes of a token budget, the prompts' shared prefix (a system prompt) once.
   Same weights, same forward up to fp32 summation order, so the completions' log-probabilities
