@@ -589,15 +589,16 @@ def _next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Genera
         log_norm = _scaled_logsumexp(logits, raw[:, :1], params.temperature, scratch)  # (b, 1)
         values = raw / params.temperature
         probs = torch.exp(values - log_norm)  # (b, k) under the full distribution
-        retry = _may_extend(probs, trusted, vocab, params) & (trusted < k)
+        # Could a token past the trusted candidates survive the filters? Then look further.
+        full = _may_extend(probs, trusted, vocab, params)
+        retry = full & (trusted < k)
         if bool(retry.any()):  # the tiles' bound cut these rows' candidates short: take their exact top-k
             rows = retry.nonzero(as_tuple=True)[0]
             raw_rows, index[rows] = logits[rows].topk(k, dim=-1)
             values[rows] = raw_rows / params.temperature
             probs[rows] = torch.exp(values[rows] - log_norm[rows])
             trusted[rows] = k
-        # Could a token past the candidates survive the filters? Then sort everything.
-        full = _may_extend(probs, trusted, vocab, params)
+            full = _may_extend(probs, trusted, vocab, params)  # still short: sort everything
     choice = _truncated_choice(values, index, probs, params, gen)
     if bool(full.any()):
         rows = full.nonzero(as_tuple=True)[0]
