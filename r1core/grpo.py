@@ -25,7 +25,10 @@
    torch ops and scores every position (prompt included) wherever Triton is missing; on CPU this
    trainer scores only the completion positions, one ``(chunk, V)`` matmul + ``log_softmax`` per
    chunk of tokens, recomputed in the backward pass (activation checkpointing), so memory stays
-   ``(chunk, V)`` floats. Same log-probabilities and entropies (tested against TRL's head).
+   ``(chunk, V)`` floats. Each group's prompt runs through the backbone once, its KV cache shared
+   by the group's completions (gradients summed back through it), and each completion runs only up
+   to its last scored token (:func:`_shared_prefix_hidden`). Same log-probabilities, entropies and
+   gradients (tested against TRL's head).
 6. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
    metrics are committed with each checkpoint, so a run killed and resumed from its last
    checkpoint continues its metric history with no duplicated steps.
@@ -367,10 +370,12 @@ def _completion_logprobs(model, head, args, kwargs, labels, num_items_in_batch, 
     from trl.trainer.utils import FusedCausalLMOutput
 
     kwargs["use_cache"] = False
-    hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T - 1, H)
+    hidden, first = _shared_prefix_hidden(model.base_model, args, kwargs, labels)
+    if hidden is None:
+        hidden, first = model.base_model(*args, **kwargs).last_hidden_state[:, :-1], 0  # (B, T - 1, H)
     labels = labels[:, 1:].to(hidden.device)
     mask = labels != -100  # (B, T - 1)
-    h, targets = hidden[mask], labels[mask]  # (N, H), (N,)
+    h, targets = hidden[mask[:, first:]], labels[mask]  # (N, H), (N,)
     parts = [checkpoint(_logprob_entropy, h[i : i + chunk_tokens], head.weight, head.bias, targets[i : i + chunk_tokens],
                         temperature, use_reentrant=False) for i in range(0, len(targets), chunk_tokens)]
     if parts:
@@ -380,6 +385,80 @@ def _completion_logprobs(model, head, args, kwargs, labels, num_items_in_batch, 
     log_probs, entropy = (hidden.new_zeros(mask.shape, dtype=v.dtype).masked_scatter(mask, v) for v in values)
     loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, label_mask=mask)
+
+
+def _shared_prefix_hidden(backbone, args, kwargs, labels, max_padding: float = 0.25):
+    """The backbone's hidden states for the scored positions, each group's shared prompt run once
+    and each completion only as far as it is scored.
+
+    In GRPO a batch holds ``num_generations`` completions of each prompt, and the prompt columns
+    are never scored. Rows whose unscored leading columns (ids and mask) are equal are run
+    through the backbone once; their KV cache is copied to each row (gradients from every row sum
+    back through the copy). The completions then run against it, sorted by length in batches
+    padded to at most ``1 + max_padding`` times their real tokens, so the padding after a short
+    completion is not computed. Under causal attention this is the same computation as the full
+    batch (same positions, same masks), with the prompt's forward and backward done once per group
+    instead of once per completion.
+
+    Args:
+        backbone: the model's base model (``model.base_model``).
+        args, kwargs: the inputs TRL passes to the model (``input_ids``, ``attention_mask``).
+        labels: ``(B, T)``, ``-100`` where a position is not scored.
+
+    Returns:
+        ``(hidden, first)``: ``hidden`` ``(B, T - 1 - first, H)`` are the hidden states at
+        positions ``first .. T - 2`` (each predicts the next token; zeros after a row's last
+        scored label), ``first`` is the last prompt position. ``(None, 0)`` when sharing does
+        not apply: no repeated prompts, inputs other than ids and mask, gradient checkpointing
+        (it drops the cache), or cache layers other than full attention (sliding windows,
+        linear attention).
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    if args or input_ids is None or set(kwargs) - {"input_ids", "attention_mask", "use_cache"}:
+        return None, 0
+    if getattr(backbone, "is_activation_checkpointing", False):  # checkpointed layers drop the cache
+        return None, 0
+    scored = labels != -100  # (B, T)
+    columns = scored.any(0).nonzero()
+    start = int(columns[0]) if len(columns) else 0  # prompt columns: [0, start)
+    if start == 0:
+        return None, 0
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    prompts, rows = torch.unique(torch.cat([input_ids[:, :start], attention_mask[:, :start].to(input_ids.dtype)], 1),
+                                 dim=0, return_inverse=True)  # (U, 2 * start), (B,)
+    if len(prompts) == len(input_ids) or any(type(layer) is not DynamicLayer
+                                             for layer in DynamicCache(config=backbone.config).layers):
+        return None, 0
+    cache = DynamicCache(config=backbone.config)
+    prompt_out = backbone(input_ids=prompts[:, :start], attention_mask=prompts[:, start:].to(attention_mask.dtype),
+                          past_key_values=cache, use_cache=True)
+    prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # each (U, heads, start, d)
+    # a row's hidden states are needed up to the column before its last scored label
+    ends = torch.where(scored.any(1), scored.shape[1] - scored.flip(1).int().argmax(1) - 1, start).tolist()
+    hidden = prompt_out.last_hidden_state.new_zeros(len(input_ids), input_ids.shape[1] - start,
+                                                    prompt_out.last_hidden_state.shape[-1])
+    order = sorted(range(len(ends)), key=lambda i: -ends[i])
+    while order:
+        longest = ends[order[0]] - start
+        batch = [i for i in order if (ends[i] - start) * (1 + max_padding) >= longest] if longest else order
+        order = order[len(batch):]
+        index = torch.tensor(batch, device=input_ids.device)
+        parts = [hidden.new_zeros(0)]
+        if longest:
+            batch_cache = DynamicCache(ddp_cache_data=[(k[rows[index]], v[rows[index]]) for k, v in prompt_kv],
+                                       config=backbone.config)  # backward sums the copies into the prompt's KV
+            out = backbone(input_ids=input_ids[index, start:start + longest],
+                           attention_mask=attention_mask[index, :start + longest], past_key_values=batch_cache,
+                           use_cache=True)
+            parts = [out.last_hidden_state]
+        rows_hidden = torch.cat([prompt_out.last_hidden_state[rows[index], -1:], *parts], 1)  # (b, 1 + longest, H)
+        pad = (0, 0, 0, hidden.shape[1] - 1 - longest)
+        hidden = hidden.index_put((index,), torch.nn.functional.pad(rows_hidden, pad))
+    return hidden, start - 1
 
 
 def _logprob_entropy(h, weight, bias, targets, temperature: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -42,8 +43,6 @@ def test_trainer_updates_parameters_and_logs_to_mlflow(tiny_model_dir, tmp_path)
 
 
 def test_grpo_args_rejects_unknown_trl_fields(tmp_path):
-    import pytest
-
     cfg = GRPOStageConfig(args={"num_generation": 4})
     with pytest.raises(ValueError, match="num_generation"):
         grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True)
@@ -163,3 +162,56 @@ def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
     for name, p in model.named_parameters():
         assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
     assert torch.allclose(outs[0].loss, outs[1].loss, atol=1e-6)
+
+
+def _grpo_batch():
+    """Two groups of 3 completions: prompts left-padded to 6 columns (the second by 2), completions
+    of 6, 3, 1 and 5, 6, 2 tokens right-padded to 6; labels as TRL builds them."""
+    torch.manual_seed(0)
+    prompts = [torch.randint(0, 500, (6,)), torch.randint(0, 500, (4,))]
+    ids, attention = torch.zeros(6, 12, dtype=torch.long), torch.zeros(6, 12, dtype=torch.long)
+    for row, length in enumerate((6, 3, 1, 5, 6, 2)):
+        prompt = prompts[row // 3]
+        ids[row, 6 - len(prompt):6], attention[row, 6 - len(prompt):6] = prompt, 1
+        ids[row, 6:6 + length], attention[row, 6:6 + length] = torch.randint(0, 500, (length,)), 1
+    labels = ids.masked_fill(attention == 0, -100)
+    labels[:, :6] = -100
+    return ids, attention, labels
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_cpu_logprob_head_shares_each_groups_prompt(tiny_model_dir, checkpointing):
+    """Each group's prompt runs once (its KV copied to the group's completions) and completions
+    run only as far as they are scored: TRL's log-probabilities, entropies and gradients all the
+    same. With gradient checkpointing (which drops the cache) the full batch runs instead."""
+    import copy
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from r1core.grpo import install_cpu_logprob_head
+
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    ours = copy.deepcopy(model)
+    for m in (model, ours):
+        add_fused_lm_head(m, temperature=0.7, outputs=("log_probs", "entropy"))
+        m.train()
+    if checkpointing:
+        ours.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    install_cpu_logprob_head(ours, 0.7)
+    batches = []
+    ours.base_model.register_forward_hook(lambda module, args, kwargs, out: batches.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    ids, attention, labels = _grpo_batch()
+    outs = [m(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True) for m in (model, ours)]
+    if checkpointing:
+        assert batches == [(6, 12)]
+    else:  # 2 prompts once; then completions by length, each run up to its last scored label: (6, 6, 5) in
+        # one batch (padding at most 25%), (3), (2); the 1-token completion needs only the prompt's last state
+        assert batches == [(2, 6), (3, 5), (1, 2), (1, 1)], batches
+    for field in ("log_probs", "entropy"):
+        assert torch.allclose(getattr(outs[0], field), getattr(outs[1], field), atol=1e-5), field
+    (outs[0].log_probs.sum() + outs[0].entropy.sum()).backward()
+    (outs[1].log_probs.sum() + outs[1].entropy.sum()).backward()
+    grads = dict(ours.named_parameters())
+    for name, p in model.named_parameters():
+        assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
