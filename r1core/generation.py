@@ -575,7 +575,7 @@ def _next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Genera
         return logits.argmax(dim=-1)
     vocab = logits.shape[-1]
     if params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0:
-        return torch.multinomial(torch.softmax(logits / params.temperature, dim=-1), 1, generator=gen).squeeze(1)
+        return _categorical(_scaled_exp(logits, logits.amax(-1, keepdim=True), params.temperature, scratch), gen)
     # Candidates are taken on the raw logits: dividing by a temperature > 0 keeps their order.
     if params.top_k > 0:  # HF renormalises over exactly the top-k before top-p
         k = min(params.top_k, vocab)
@@ -629,13 +629,45 @@ def _top_logits(logits: torch.Tensor, k: int, tile: int = 64, tiles: int = 32
     return values, index, (values > tile_max[:, tiles:]).sum(-1)
 
 
+def _scaled_exp(logits: torch.Tensor, row_max: torch.Tensor, temperature: float,
+                scratch: torch.Tensor | None) -> torch.Tensor:
+    """``exp((logits - row_max) / temperature)`` ``(b, V)`` (unnormalised probabilities), written into
+    ``scratch`` when one is given (a fresh ``(b, V)`` temporary costs page faults every step)."""
+    work = torch.sub(logits, row_max, out=scratch[: len(logits)]) if scratch is not None else logits - row_max
+    return work.mul_(1.0 / temperature).exp_()
+
+
 def _scaled_logsumexp(logits: torch.Tensor, row_max: torch.Tensor, temperature: float,
                       scratch: torch.Tensor | None) -> torch.Tensor:
     """``logsumexp(logits / temperature)`` per row, ``(b, 1)``, given each row's maximum ``(b, 1)``;
     the ``(b, V)`` temporary lives in ``scratch`` when one is given."""
-    work = torch.sub(logits, row_max, out=scratch[: len(logits)]) if scratch is not None else logits - row_max
-    total = work.mul_(1.0 / temperature).exp_().sum(-1, keepdim=True)
-    return row_max / temperature + total.log()
+    return row_max / temperature + _scaled_exp(logits, row_max, temperature, scratch).sum(-1, keepdim=True).log()
+
+
+def _categorical(weights: torch.Tensor, gen: torch.Generator, tile: int = 64) -> torch.Tensor:
+    """One draw per row from the distribution proportional to ``weights`` ``(b, n)`` (non-negative,
+    each row with a positive total): ``(b,)`` indices; a zero weight is never drawn.
+
+    Inverse-CDF sampling in float64 on uniforms from ``gen``. For a large ``n`` (a vocabulary), a
+    ``tile`` of ``tile`` entries is drawn by its mass, then an entry within it by a second uniform:
+    two small cumulative sums instead of one over ``n``. ``torch.multinomial`` draws an exponential
+    variate per entry instead: 10.7 ms for ``(8, 49152)`` on this 2-core CPU, ~13% of a decode step.
+    """
+    b, n = weights.shape
+    uniform = torch.rand((b, 2), generator=gen, dtype=torch.float64, device=weights.device)
+    if n <= 16 * tile or n % tile:
+        return _inverse_cdf(weights.cumsum(-1, dtype=torch.float64), uniform[:, :1]).squeeze(1)
+    blocks = weights.view(b, n // tile, tile)
+    chosen = _inverse_cdf(blocks.sum(-1, dtype=torch.float64).cumsum(-1), uniform[:, :1])  # (b, 1)
+    inside = blocks.gather(1, chosen[:, :, None].expand(-1, -1, tile)).squeeze(1)  # (b, tile)
+    return (chosen * tile + _inverse_cdf(inside.cumsum(-1, dtype=torch.float64), uniform[:, 1:])).squeeze(1)
+
+
+def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """``(b, 1)``: per row, the first index whose cumulative weight ``cdf`` ``(b, n)`` exceeds
+    ``uniform (b, 1) * total``; never past the last positive weight (rounding at the top end)."""
+    index = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
+    return torch.minimum(index, (cdf < cdf[:, -1:]).sum(-1, keepdim=True))
 
 
 def _may_extend(probs: torch.Tensor, trusted: torch.Tensor, vocab: int, params: SamplingParams) -> torch.Tensor:
@@ -661,8 +693,7 @@ def _truncated_choice(values: torch.Tensor, index: torch.Tensor, probs: torch.Te
     if params.min_p > 0:
         keep &= probs >= params.min_p * probs[:, :1]
     keep[:, 0] = True
-    picked = torch.multinomial(torch.softmax(values.masked_fill(~keep, float("-inf")), dim=-1), 1, generator=gen)
-    return index.gather(1, picked).squeeze(1)
+    return index.gather(1, _categorical(probs * keep, gen)[:, None]).squeeze(1)
 
 
 def _hf_generate(model, tokenizer, prompts: list[str], params: SamplingParams, eos_ids: list[int], batch_size: int,

@@ -143,7 +143,7 @@ def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs", [dict(top_p=0.9), dict(top_p=0.5, top_k=5), dict(top_p=1.0, min_p=0.2),
-                                    dict(top_p=0.97)])
+                                    dict(top_p=0.97), dict()])
 def test_sampler_draws_from_transformers_warped_distribution(kwargs):
     """Empirical frequencies of ``_next_tokens`` match the probabilities transformers' warpers give
     (temperature, top-k, top-p, min-p), including rows whose candidates miss top_p (full sort)."""
@@ -230,6 +230,34 @@ def test_sampler_with_tiled_candidates_draws_from_transformers_distribution():
         counts[torch.arange(3), tokens] += 1
     assert bool((counts[expected == 0] == 0).all()), "sampled a token transformers' warpers remove"
     assert float((counts / draws - expected).abs().max()) < 0.035
+
+
+def test_categorical_draws_by_tile_then_token():
+    """Over a vocabulary-sized row, ``_categorical`` (a tile by its mass, then a token inside it)
+    draws each token with its weight's share and never a zero weight, also at the top end of the
+    cumulative sum."""
+    torch.manual_seed(0)
+    weights = torch.zeros(3, 49152)
+    weights[0, [5, 700, 20000, 49151]] = torch.tensor([0.5, 0.25, 0.15, 0.1])  # one token in each of 4 tiles
+    weights[1, 64 * 10 : 64 * 12] = 1.0  # uniform over two whole tiles ...
+    weights[1, 64 * 11 + 3] = 128.0  # ... and half the mass on one token
+    weights[2] = torch.rand(49152) ** 8  # dense, skewed
+    expected = weights / weights.sum(-1, keepdim=True)
+    gen, draws = torch.Generator().manual_seed(2), 20000
+    counts = torch.zeros_like(weights)
+    for _ in range(draws // 100):
+        tokens = generation._categorical(weights.repeat(100, 1), gen).view(100, 3)
+        counts.scatter_add_(1, tokens.T, torch.ones(3, 100))
+    assert bool((counts[weights == 0] == 0).all()), "drew a zero-weight token"
+    freq = counts / draws
+    assert float((freq[:2] - expected[:2]).abs().max()) < 0.015
+    # row 2 over its 768 tiles: each tile's share of the draws
+    tile_freq, tile_expected = freq[2].view(768, 64).sum(-1), expected[2].view(768, 64).sum(-1)
+    assert float((tile_freq - tile_expected).abs().max()) < 0.006
+    cdf = torch.tensor([[0.0, 0.2, 0.2, 1.0, 1.0, 1.0]], dtype=torch.float64)  # trailing zero weights
+    assert generation._inverse_cdf(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 3
+    assert generation._inverse_cdf(cdf, torch.tensor([[0.2]], dtype=torch.float64)).item() == 3  # skips index 2
+    assert generation._inverse_cdf(cdf, torch.tensor([[0.0]], dtype=torch.float64)).item() == 1  # skips index 0
 
 
 def test_stop_strings_end_the_completion(tiny):
