@@ -19,7 +19,9 @@ median of ``--reps`` repetitions:
   ``GRPOTrainer`` on the identical ``GRPOConfig`` (TRL's defaults but 256 tokens: 8 completions of one prompt, up
   to 256 tokens, T=1; accuracy + format rewards; no reference model; fp32 without gradient
   checkpointing, the project's CPU settings: TRL's bf16 default has no fast kernels on this CPU and
-  makes both trainers several times slower), first step discarded.
+  makes both trainers several times slower), first step discarded, median of at least 5 steps (each
+  side samples its own completions, so their lengths differ; ``completion_tokens`` per step and the
+  seconds per completion token are kept beside the ratio).
 - ``pipeline``: the evaluate stage through its Prefect flow (task, caching, artifacts, MLflow) vs
   the same ``r1core`` stage function called alone (which logs to MLflow itself); both warmed up once
   untimed, then at least 5 alternating repetitions. The temporary Prefect server's start is reported
@@ -232,6 +234,7 @@ def bench_grpo_step(reps: int) -> dict:
             _sync()
             self.seconds.append(time.perf_counter() - self._t)
 
+    steps = max(reps, 5)  # each side samples its own completions, whose lengths vary step to step
     rows = data.load("gsm8k:train")[0].to_pandas().head(64)
     reward_funcs, _ = get_rewards({"accuracy": 1.0, "format": 1.0}, {})
     result: dict = {"config": "TRL GRPOConfig defaults (max_completion_length 256, TRL: 512): per_device_train_batch_size=8, num_generations=8, "
@@ -241,7 +244,7 @@ def bench_grpo_step(reps: int) -> dict:
         model, tok = _load(for_inference=False)
         out = tempfile.mkdtemp(prefix=f"bench-grpo-{name}-")
         cuda = OPTIONS["device"] == "cuda"  # on CUDA: TRL's own bf16 default; on CPU fp32 (see above)
-        args = GRPOConfig(output_dir=out, use_cpu=not cuda, report_to="none", max_steps=reps + 1, seed=0,
+        args = GRPOConfig(output_dir=out, use_cpu=not cuda, report_to="none", max_steps=steps + 1, seed=0,
                           logging_steps=1, save_strategy="no", beta=0.0, bf16=cuda, gradient_checkpointing=False,
                           max_completion_length=256)
         clock = StepClock()
@@ -271,6 +274,12 @@ def bench_grpo_step(reps: int) -> dict:
     result.update(seconds=ours, baseline_seconds=stock, ratio_vs_trl=ours / stock,
                   generation_seconds=statistics.median(result["project"]["generation_seconds"][1:]),
                   baseline_generation_seconds=statistics.median(result["trl"]["generation_seconds"][1:]))
+    # the same per completion token (8 completions a step), for steps whose lengths differ between the sides
+    per_token = {name: sum(result[name]["step_seconds"][1:]) / (8 * sum(result[name]["completion_tokens"][1:]))
+                 for name in ("project", "trl")}
+    result.update(seconds_per_completion_token=per_token["project"],
+                  baseline_seconds_per_completion_token=per_token["trl"],
+                  per_token_ratio_vs_trl=per_token["project"] / per_token["trl"])
     return result
 
 
@@ -428,6 +437,10 @@ def _markdown(result: dict) -> str:
         lines.append(f"| GRPO step (8 x 256 tokens) | {s['seconds']:.1f} s (generation {s['generation_seconds']:.1f} s) | "
                      f"{s['baseline_seconds']:.1f} s (generation {s['baseline_generation_seconds']:.1f} s) | "
                      f"ratio {s['ratio_vs_trl']:.2f} | <= 0.5 |")
+        if "per_token_ratio_vs_trl" in s:
+            lines.append(f"| GRPO step per completion token | {1000 * s['seconds_per_completion_token']:.1f} ms | "
+                         f"{1000 * s['baseline_seconds_per_completion_token']:.1f} ms | "
+                         f"ratio {s['per_token_ratio_vs_trl']:.2f} | - |")
     if p:
         lines.append(f"| evaluate stage via Prefect flow | {p['seconds']:.1f} s | {p['baseline_seconds']:.1f} s alone | "
                      f"overhead {100 * p['overhead_fraction']:.1f}% | <= 5% |")

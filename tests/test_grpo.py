@@ -132,9 +132,9 @@ def test_stop_strings_retokenize_a_token_that_runs_past_the_stop(tiny_model_dir,
     assert tok.decode(cut[:-1]) == "<answer>25</answer>" and cut[-1] == tok.eos_token_id
 
 
-def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
-    """The CPU LM head (completion positions only, chunked, recomputed in backward) gives TRL's
-    log-probabilities, entropies, loss and gradients."""
+def _trl_head_and_ours(tiny_model_dir, chunk_tokens: int = 1024, checkpointing: bool = False):
+    """The tiny model twice in training mode, both with TRL's fused LM head (T=0.7); the second with
+    the CPU head installed over it."""
     import copy
 
     from trl.trainer.utils import add_fused_lm_head
@@ -145,7 +145,29 @@ def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
     ours = copy.deepcopy(model)
     for m in (model, ours):
         add_fused_lm_head(m, temperature=0.7, outputs=("log_probs", "entropy"))
-    assert install_cpu_logprob_head(ours, 0.7, chunk_tokens=5)  # several chunks
+        m.train()
+    if checkpointing:
+        ours.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert install_cpu_logprob_head(ours, 0.7, chunk_tokens=chunk_tokens)
+    return model, ours
+
+
+def _assert_same_outputs_and_gradients(model, ours, outs) -> None:
+    for field in ("log_probs", "entropy"):
+        assert torch.allclose(getattr(outs[0], field), getattr(outs[1], field), atol=1e-5), field
+    (outs[0].log_probs.sum() + outs[0].entropy.sum()).backward()
+    (outs[1].log_probs.sum() + outs[1].entropy.sum()).backward()
+    grads = dict(ours.named_parameters())
+    for name, p in model.named_parameters():
+        assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
+
+
+def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
+    """The CPU LM head (completion positions only, chunked, recomputed in backward) gives TRL's
+    log-probabilities, entropies, loss and gradients."""
+    from r1core.grpo import install_cpu_logprob_head
+
+    model, ours = _trl_head_and_ours(tiny_model_dir, chunk_tokens=5)  # several chunks
     assert not install_cpu_logprob_head(load_model_and_tokenizer(str(tiny_model_dir))[0], 0.7)  # no TRL head
     torch.manual_seed(0)
     ids = torch.randint(0, 500, (3, 12))
@@ -154,14 +176,8 @@ def test_cpu_logprob_head_matches_trl_fused_head(tiny_model_dir):
     labels[2, 9:] = -100  # padding after a short completion
     attention = torch.ones_like(ids)
     outs = [m(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True) for m in (model, ours)]
-    for field in ("log_probs", "entropy"):
-        assert torch.allclose(getattr(outs[0], field), getattr(outs[1], field), atol=1e-5), field
-    (outs[0].log_probs.sum() + outs[0].entropy.sum()).backward()
-    (outs[1].log_probs.sum() + outs[1].entropy.sum()).backward()
-    grads = dict(ours.named_parameters())
-    for name, p in model.named_parameters():
-        assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
     assert torch.allclose(outs[0].loss, outs[1].loss, atol=1e-6)
+    _assert_same_outputs_and_gradients(model, ours, outs)
 
 
 def _grpo_batch():
@@ -184,20 +200,7 @@ def test_cpu_logprob_head_shares_each_groups_prompt(tiny_model_dir, checkpointin
     """Each group's prompt runs once (its KV copied to the group's completions) and completions
     run only as far as they are scored: TRL's log-probabilities, entropies and gradients all the
     same. With gradient checkpointing (which drops the cache) the full batch runs instead."""
-    import copy
-
-    from trl.trainer.utils import add_fused_lm_head
-
-    from r1core.grpo import install_cpu_logprob_head
-
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
-    ours = copy.deepcopy(model)
-    for m in (model, ours):
-        add_fused_lm_head(m, temperature=0.7, outputs=("log_probs", "entropy"))
-        m.train()
-    if checkpointing:
-        ours.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    install_cpu_logprob_head(ours, 0.7)
+    model, ours = _trl_head_and_ours(tiny_model_dir, checkpointing=checkpointing)
     batches = []
     ours.base_model.register_forward_hook(lambda module, args, kwargs, out: batches.append(
         tuple(kwargs["input_ids"].shape)), with_kwargs=True)
@@ -208,10 +211,4 @@ def test_cpu_logprob_head_shares_each_groups_prompt(tiny_model_dir, checkpointin
     else:  # 2 prompts once; then completions by length, each run up to its last scored label: (6, 6, 5) in
         # one batch (padding at most 25%), (3), (2); the 1-token completion needs only the prompt's last state
         assert batches == [(2, 6), (3, 5), (1, 2), (1, 1)], batches
-    for field in ("log_probs", "entropy"):
-        assert torch.allclose(getattr(outs[0], field), getattr(outs[1], field), atol=1e-5), field
-    (outs[0].log_probs.sum() + outs[0].entropy.sum()).backward()
-    (outs[1].log_probs.sum() + outs[1].entropy.sum()).backward()
-    grads = dict(ours.named_parameters())
-    for name, p in model.named_parameters():
-        assert float((p.grad - grads[name].grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()), name
+    _assert_same_outputs_and_gradients(model, ours, outs)
