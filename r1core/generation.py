@@ -15,7 +15,9 @@ Two engines behind one call, :func:`generate` (texts) or :func:`sample_token_ids
   oneDNN on weights packed once per call (:class:`_packed_linears`), (5) splits decode attention
   into row buckets that each read only their own cache columns, not the padding up to the batch's
   longest prompt (:func:`_bucketed_sdpa`), and (6) pre-fills in passes of a token budget, the
-  prompts' shared prefix (a system prompt) once. Same weights, same forward up to fp32 summation
+  prompts' shared prefix (a system prompt) once, and (7) draws each token by inverse CDF over
+  vocabulary tiles (:func:`_categorical`) instead of ``torch.multinomial``'s exponential variate
+  per vocabulary entry. Same weights, same forward up to fp32 summation
   order, so the completions' log-probabilities under the training model equal the sampler's (no
   importance-sampling correction is needed).
 - ``"hf"``: transformers ``generate`` (the baseline ``make bench`` compares against).
