@@ -137,7 +137,9 @@ class R1GRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.generation_engine = generation_engine
         self._generation_calls = 0
-        install_cpu_logprob_head(self.model, self.temperature)
+        for model in (self.model, self.ref_model):  # the reference model's log-probabilities too (beta > 0)
+            if model is not None:
+                install_cpu_logprob_head(model, self.temperature)
         self.stop_strings = list(stop_strings or [])
         self.completions_log_steps = completions_log_steps
         self.dynamic_sampling_rounds = dynamic_sampling_rounds

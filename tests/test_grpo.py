@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import pandas as pd
 import pytest
@@ -57,12 +59,12 @@ class _HalfConstantReward:
         return [0.5 if i.startswith("c") else len(c) / 100 for c, i in zip(completions, id)]
 
 
-def _trainer(tiny_model_dir, tmp_path, reward, rounds):
+def _trainer(tiny_model_dir, tmp_path, reward, rounds, **args):
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     rows = pd.DataFrame({"id": ["c1", "c2", "v1", "v2", "c3", "v3"], "problem": [f"{i}+{i}?" for i in range(6)],
                          "answer": [str(2 * i) for i in range(6)]})
     cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
-                          args={"per_device_train_batch_size": 4})
+                          args={"per_device_train_batch_size": 4, **args})
     trainer = R1GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
                             train_dataset=build_prompt_dataset(rows, tok, "r1_zero", "<think>\n"),
                             processing_class=tok, dynamic_sampling_rounds=rounds)
@@ -212,3 +214,14 @@ def test_cpu_logprob_head_shares_each_groups_prompt(tiny_model_dir, checkpointin
         # one batch (padding at most 25%), (3), (2); the 1-token completion needs only the prompt's last state
         assert batches == [(2, 6), (3, 5), (1, 2), (1, 1)], batches
     _assert_same_outputs_and_gradients(model, ours, outs)
+
+
+def test_reference_model_gets_the_cpu_head_and_a_step_trains(tiny_model_dir, tmp_path):
+    """With a KL term (beta > 0) TRL scores the completions under a reference model too: it gets the
+    CPU head (shared prompts) as well, and a step logs a finite KL."""
+    trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=0, beta=0.04)
+    for model in (trainer.model, trainer.ref_model):
+        assert "install_cpu_logprob_head" in model.forward.__func__.__qualname__
+    trainer.train()
+    kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
+    assert kl and all(math.isfinite(k) for k in kl)
