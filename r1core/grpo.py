@@ -432,35 +432,32 @@ def _shared_prefix_hidden(backbone, args, kwargs, labels, max_padding: float = 0
         attention_mask = torch.ones_like(input_ids)
     prompts, rows = torch.unique(torch.cat([input_ids[:, :start], attention_mask[:, :start].to(input_ids.dtype)], 1),
                                  dim=0, return_inverse=True)  # (U, 2 * start), (B,)
-    if len(prompts) == len(input_ids) or any(type(layer) is not DynamicLayer
-                                             for layer in DynamicCache(config=backbone.config).layers):
-        return None, 0
     cache = DynamicCache(config=backbone.config)
+    if len(prompts) == len(input_ids) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None, 0
     prompt_out = backbone(input_ids=prompts[:, :start], attention_mask=prompts[:, start:].to(attention_mask.dtype),
                           past_key_values=cache, use_cache=True)
     prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # each (U, heads, start, d)
     # a row's hidden states are needed up to the column before its last scored label
     ends = torch.where(scored.any(1), scored.shape[1] - scored.flip(1).int().argmax(1) - 1, start).tolist()
-    hidden = prompt_out.last_hidden_state.new_zeros(len(input_ids), input_ids.shape[1] - start,
-                                                    prompt_out.last_hidden_state.shape[-1])
+    width = input_ids.shape[1] - start  # hidden states kept per row: positions start - 1 .. T - 2
     order = sorted(range(len(ends)), key=lambda i: -ends[i])
-    while order:
-        longest = ends[order[0]] - start
-        batch = [i for i in order if (ends[i] - start) * (1 + max_padding) >= longest] if longest else order
-        order = order[len(batch):]
+    pieces, done = [], 0
+    while done < len(order):
+        longest = ends[order[done]] - start
+        batch = [i for i in order[done:] if (ends[i] - start) * (1 + max_padding) >= longest] if longest \
+            else order[done:]
+        done += len(batch)
         index = torch.tensor(batch, device=input_ids.device)
-        parts = [hidden.new_zeros(0)]
+        parts = [prompt_out.last_hidden_state[rows[index], -1:]]  # (b, 1, H): predicts the first completion token
         if longest:
             batch_cache = DynamicCache(ddp_cache_data=[(k[rows[index]], v[rows[index]]) for k, v in prompt_kv],
                                        config=backbone.config)  # backward sums the copies into the prompt's KV
-            out = backbone(input_ids=input_ids[index, start:start + longest],
-                           attention_mask=attention_mask[index, :start + longest], past_key_values=batch_cache,
-                           use_cache=True)
-            parts = [out.last_hidden_state]
-        rows_hidden = torch.cat([prompt_out.last_hidden_state[rows[index], -1:], *parts], 1)  # (b, 1 + longest, H)
-        pad = (0, 0, 0, hidden.shape[1] - 1 - longest)
-        hidden = hidden.index_put((index,), torch.nn.functional.pad(rows_hidden, pad))
-    return hidden, start - 1
+            parts.append(backbone(input_ids=input_ids[index, start:start + longest],
+                                  attention_mask=attention_mask[index, :start + longest],
+                                  past_key_values=batch_cache, use_cache=True).last_hidden_state)
+        pieces.append(torch.nn.functional.pad(torch.cat(parts, 1), (0, 0, 0, width - 1 - longest)))  # (b, width, H)
+    return torch.cat(pieces)[torch.tensor(order, device=input_ids.device).argsort()], start - 1
 
 
 def _logprob_entropy(h, weight, bias, targets, temperature: float):
