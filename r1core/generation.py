@@ -41,6 +41,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from r1core.cpu_decode import CpuDecoder
+
 logger = logging.getLogger(__name__)
 
 ENGINES = ("r1", "hf")
@@ -220,13 +222,16 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
     # a boolean mask in every layer and bucket).
     full_attention = all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers)
     starts = (mask.shape[1] - mask.sum(-1)).tolist()  # each row's first cache column (left padding)
-    buckets = _row_buckets(starts, device) if full_attention else None
+    # On CPU, Llama-family models decode through CpuDecoder (its own attention kernel, no masks).
+    decoder = CpuDecoder.for_model(model) if full_attention and device.type == "cpu" else None
+    buckets = _row_buckets(starts, device) if full_attention and decoder is None else None
     additive = None  # (B, 1, 1, P + T): 0, or the dtype's minimum on padding; only where buckets are used
     if buckets is not None:  # (rows leaving cannot make equal starts unequal: no buckets now, none later)
         additive = torch.zeros((len(prompts), 1, 1, mask.shape[1] + params.max_new_tokens), dtype=model.dtype,
                                device=device)
         additive[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(model.dtype).min)
     scratch = torch.empty_like(logits)  # (B, V): the sampler's normaliser, reused every step
+    first_columns = None  # (b,) int64 tensor of `starts` for the CPU decoder, rebuilt when rows leave
     live = list(range(len(prompts)))  # batch row -> prompt index
     generated: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
@@ -258,15 +263,21 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
             starts = [starts[r] for r in keep.tolist()]
             additive = additive[keep] if additive is not None else None
             buckets = _row_buckets(starts, device) if additive is not None else None
+            first_columns = None
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         position = position + 1
         step_ids = tokens.to(device)[:, None]  # (b, 1)
         if history is not None:
             history = torch.cat([history, step_ids], dim=1)
-        with _bucketed_attention(model, buckets) as extra:
-            step_mask = additive[..., : mask.shape[1]] if extra else mask
-            logits = model(input_ids=step_ids, attention_mask=step_mask, position_ids=position[:, None],
-                           past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()  # (b, V)
+        if decoder is not None:
+            if first_columns is None:
+                first_columns = torch.tensor(starts, dtype=torch.long)
+            logits = decoder.step(step_ids[:, 0], position, cache.layers, first_columns)  # (b, V)
+        else:
+            with _bucketed_attention(model, buckets) as extra:
+                step_mask = additive[..., : mask.shape[1]] if extra else mask
+                logits = model(input_ids=step_ids, attention_mask=step_mask, position_ids=position[:, None],
+                               past_key_values=cache, use_cache=True, **extra).logits[:, -1, :].float()  # (b, V)
     return [TokenCompletion(ids=g, stopped=s) for g, s in zip(generated, stopped, strict=True)]
 
 
@@ -508,18 +519,29 @@ class _PreallocatedLayer(DynamicLayer):
         self._keys[row, :, columns[0] : columns[1]] = part.keys[source_row, :, :n]
         self._values[row, :, columns[0] : columns[1]] = part.values[source_row, :, :n]
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self._allocate(key_states, key_states.shape[0], key_states.shape[2])
-        end = self._length + key_states.shape[2]
-        if end > self._keys.shape[2]:  # past the reserve: grow by doubling
+    def reserve(self, columns: int) -> int:
+        """Make room for ``columns`` more columns (growing the buffers by doubling past their
+        capacity); returns the first of them."""
+        end = self._length + columns
+        if end > self._keys.shape[2]:
             grow = max(end, 2 * self._keys.shape[2]) - self._keys.shape[2]
             self._keys = torch.cat([self._keys, self._keys.new_zeros((*self._keys.shape[:2], grow, self._keys.shape[3]))], 2)
             self._values = torch.cat([self._values, self._values.new_zeros((*self._values.shape[:2], grow, self._values.shape[3]))], 2)
-        self._keys[: self._rows, :, self._length : end] = key_states
-        self._values[: self._rows, :, self._length : end] = value_states
-        self._length = end
+        return self._length
+
+    def advance(self, columns: int) -> None:
+        """Mark ``columns`` more columns filled (written into the buffers directly, as by
+        :class:`r1core.cpu_decode.CpuDecoder`)."""
+        self._length += columns
         self._set_views()  # (B, H, T, D) views
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self._allocate(key_states, key_states.shape[0], key_states.shape[2])
+        start = self.reserve(key_states.shape[2])
+        self._keys[: self._rows, :, start : start + key_states.shape[2]] = key_states
+        self._values[: self._rows, :, start : start + key_states.shape[2]] = value_states
+        self.advance(key_states.shape[2])
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

@@ -121,9 +121,11 @@ def test_row_buckets_split_where_padding_costs_more_than_a_call(monkeypatch):
 
 def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
     """Decode attention split into row buckets (one per distinct prompt length here) reads fewer
-    cache columns than the padded batch has, and greedy tokens still equal transformers'."""
+    cache columns than the padded batch has, and greedy tokens still equal transformers'. (The
+    transformers-forward decode path: models the CPU decoder does not take.)"""
     model, tok = tiny
     assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(generation.CpuDecoder, "for_model", classmethod(lambda cls, model: None))
     monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 0)
     widths = []
     real = generation.sdpa_attention_forward

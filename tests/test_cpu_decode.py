@@ -1,0 +1,114 @@
+"""The CPU decode step (:mod:`r1core.cpu_decode`): the same logits and KV cache as transformers'
+forward for each supported layout (grouped-query attention, q/k/v biases, Qwen3's q/k norms),
+clear refusals for what it does not take, and the kernel's input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1core import cpu_decode, generation
+from r1core.generation import SamplingParams, generate
+from r1core.models import load_model_and_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model_and_tokenizer(str(tiny_model_dir))
+
+
+def _random_model(kind: str):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(vocab_size=300, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    if kind == "llama":  # 6 query heads over 2 key/value heads of 16: groups of 3, as SmolLM2
+        return LlamaForCausalLM(LlamaConfig(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, **common))
+    if kind == "qwen2":  # q/k/v biases, head_dim 32
+        return Qwen2ForCausalLM(Qwen2Config(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, **common))
+    return Qwen3ForCausalLM(Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                        **common))  # q_norm / k_norm, head_dim 64 (not hidden / heads)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_decode_steps_equal_transformers_forward(kind):
+    """Left-padded rows of different lengths, several steps: each step's logits and the cache
+    columns it writes equal transformers' forward over an identical cache (fp32 rounding)."""
+    model = _random_model(kind).eval()
+    decoder = cpu_decode.CpuDecoder.for_model(model)
+    assert decoder is not None
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    caches = []
+    for _ in range(2):
+        cache, logits, mask, position = generation._prefill(model, prompts, 0, capacity=20, chunk_tokens=64)
+        caches.append(cache)
+    starts = (mask.shape[1] - mask.sum(-1)).to(torch.long)  # (B,) first real column per row
+    ids = logits.argmax(-1)
+    for _ in range(4):
+        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        position = position + 1
+        ours = decoder.step(ids, position, caches[0].layers, starts)
+        with torch.no_grad():
+            theirs = model(input_ids=ids[:, None], attention_mask=mask, position_ids=position[:, None],
+                           past_key_values=caches[1], use_cache=True).logits[:, -1].float()
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+            assert a.keys.shape == b.keys.shape
+            for row, first in enumerate(starts.tolist()):  # padding columns are never written or read
+                torch.testing.assert_close(a.keys[row, :, first:], b.keys[row, :, first:], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(a.values[row, :, first:], b.values[row, :, first:])
+        ids = theirs.argmax(-1)
+
+
+def test_engine_decodes_through_the_kernel_and_matches_transformers(tiny, monkeypatch):
+    """The engine takes the CPU decoder for the tiny Llama (one step per new token after the
+    first), and greedy completions equal transformers' ``generate`` token for token."""
+    model, tok = tiny
+    steps = []
+    real = cpu_decode.CpuDecoder.step
+    monkeypatch.setattr(cpu_decode.CpuDecoder, "step", lambda self, *a: steps.append(len(a[0])) or real(self, *a))
+    prompts = ["What is 1+1?", "Compute the sum of the first ten odd numbers, please.", "Hi"]
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    ours = generate(model, tok, prompts, params, batch_size=3, engine="r1")
+    theirs = generate(model, tok, prompts, params, batch_size=3, engine="hf")
+    assert [o.text for o in ours] == [t.text for t in theirs]
+    assert steps and steps[0] == 3 and len(steps) <= params.max_new_tokens - 1
+
+
+def test_unsupported_models_keep_transformers_forward():
+    """bf16 weights, a non-SiLU MLP, a hooked or wrapped linear layer: refused with the reason."""
+    model = _random_model("llama")
+    assert cpu_decode.unsupported(model) is None
+    assert "bfloat16" in cpu_decode.unsupported(_random_model("llama").to(torch.bfloat16))
+    model.config.hidden_act = "gelu"
+    assert "hidden_act" in cpu_decode.unsupported(model)
+    model.config.hidden_act = "silu"
+    handle = model.model.layers[1].mlp.up_proj.register_forward_hook(lambda *a: None)
+    assert "hooks" in cpu_decode.unsupported(model)
+    handle.remove()
+    model.model.layers[0].self_attn.q_proj = torch.nn.Sequential(model.model.layers[0].self_attn.q_proj)
+    assert "Sequential" in cpu_decode.unsupported(model)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert "GPT2LMHeadModel" in cpu_decode.unsupported(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)))
+
+
+def test_kernel_rejects_bad_inputs_with_the_reason():
+    ops = cpu_decode.kernels()
+    assert ops is not None, "the kernel must build on the test machine (g++, ninja, AVX2)"
+    q, kv = torch.zeros(2, 2 * 16), torch.zeros(2, 16)
+    rot = torch.zeros(2, 16)
+    cache = torch.zeros(2, 1, 8, 16)
+    starts = torch.zeros(2, dtype=torch.long)
+    out = ops.rope_attend(q, kv, kv, rot, rot, cache, cache.clone(), starts, 3, 0.25)
+    assert out.shape == (2, 32)
+    with pytest.raises(RuntimeError, match="column 8"):  # past the cache's capacity
+        ops.rope_attend(q, kv, kv, rot, rot, cache, cache.clone(), starts, 8, 0.25)
+    with pytest.raises(RuntimeError, match="starts\\[1\\] = 5"):
+        ops.rope_attend(q, kv, kv, rot, rot, cache, cache.clone(), torch.tensor([0, 5]), 3, 0.25)
+    with pytest.raises(RuntimeError, match="q must be a contiguous CPU float32"):
+        ops.rope_attend(q.double(), kv, kv, rot, rot, cache, cache.clone(), starts, 3, 0.25)
+    with pytest.raises(RuntimeError, match="head_dim 24"):
+        c24 = torch.zeros(2, 1, 8, 24)
+        ops.rope_attend(torch.zeros(2, 48), torch.zeros(2, 24), torch.zeros(2, 24), torch.zeros(2, 24),
+                        torch.zeros(2, 24), c24, c24.clone(), starts, 3, 0.25)
