@@ -55,8 +55,9 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="r1_decode_attention", sources=[str(SOURCE)], extra_cflags=["-O3", "-mavx2", "-mfma"],
-                    with_cuda=False, verbose=False)
+        # -fopenmp: without it at::parallel_for compiles to a serial loop (one core of the two here)
+        return load(name="r1_decode_attention", sources=[str(SOURCE)], with_cuda=False, verbose=False,
+                    extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler or ninja, a read-only cache folder: decoding still works, slower
         logger.warning("CPU decode kernel could not be built (%s: %s); decoding uses transformers' forward, "
                        "~1.3x slower. Install g++ and ninja (or set R1_CPU_DECODE=0 to skip the attempt).",

@@ -112,3 +112,24 @@ def test_kernel_rejects_bad_inputs_with_the_reason():
         c24 = torch.zeros(2, 1, 8, 24)
         ops.rope_attend(torch.zeros(2, 48), torch.zeros(2, 24), torch.zeros(2, 24), torch.zeros(2, 24),
                         torch.zeros(2, 24), c24, c24.clone(), starts, 3, 0.25)
+
+
+def test_add_rms_norm_adds_the_residual_in_place_and_normalises_like_transformers():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    ops = cpu_decode.kernels()
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(44, eps=1e-5)  # 44: a tail past the 8-lane loop
+    norm.weight.data.normal_()
+    h, delta = torch.randn(5, 44), torch.randn(5, 44)
+    expected_h = h + delta
+    with torch.no_grad():
+        expected = norm(expected_h)
+        out = ops.add_rms_norm(h, delta, norm.weight, norm.variance_epsilon)
+    torch.testing.assert_close(h, expected_h)  # the residual stream, updated in place
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(ops.add_rms_norm(h.clone(), None, norm.weight.detach(), 1e-5), expected)
+    with pytest.raises(RuntimeError, match="delta must have h's shape"):
+        ops.add_rms_norm(h, torch.zeros(5, 8), norm.weight.detach(), 1e-5)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous float32 vector of 44"):
+        ops.add_rms_norm(h, None, torch.ones(8), 1e-5)
