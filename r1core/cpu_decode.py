@@ -67,14 +67,17 @@ def _build():
 
 def unsupported(model) -> str | None:
     """Why :class:`CpuDecoder` cannot run ``model`` (``None`` when it can): its class, device,
-    dtype, activation, head size, or a linear layer that is not a plain ``nn.Linear`` (adapters,
-    quantized layers) or carries hooks."""
+    dtype, mixed-precision autocast (its forward wrapped by accelerate, or autocast on), activation,
+    head size, or a linear layer that is not a plain ``nn.Linear`` (adapters, quantized layers) or
+    carries hooks."""
     name = type(model).__name__
     if name not in SUPPORTED_MODELS:
         return f"{name} is not one of {SUPPORTED_MODELS}"
     weight = model.get_input_embeddings().weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return f"weights are {weight.dtype} on {weight.device} (the kernel is fp32 on CPU)"
+    if torch.is_autocast_enabled("cpu") or "_original_forward" in vars(model):  # accelerate's mixed precision
+        return "the model runs under CPU autocast (bf16 mixed precision); the sampler keeps the trainer's forward"
     config = model.config
     if getattr(config, "hidden_act", None) != "silu":
         return f"hidden_act {getattr(config, 'hidden_act', None)!r} (the MLP is SiLU-gated)"

@@ -15,11 +15,14 @@ Two engines behind one call, :func:`generate` (texts) or :func:`sample_token_ids
   oneDNN on weights packed once per call (:class:`_packed_linears`), (5) splits decode attention
   into row buckets that each read only their own cache columns, not the padding up to the batch's
   longest prompt (:func:`_bucketed_sdpa`), and (6) pre-fills in passes of a token budget, the
-  prompts' shared prefix (a system prompt) once, and (7) draws each token by inverse CDF over
+  prompts' shared prefix (a system prompt) once, (7) draws each token by inverse CDF over
   vocabulary tiles (:func:`_categorical`) instead of ``torch.multinomial``'s exponential variate
-  per vocabulary entry. Same weights, same forward up to fp32 summation
-  order, so the completions' log-probabilities under the training model equal the sampler's (no
-  importance-sampling correction is needed).
+  per vocabulary entry, and (8) on CPU decodes Llama-family models (Llama, Mistral, Qwen2/3) with
+  :class:`r1core.cpu_decode.CpuDecoder`: the model's own modules and packed weights, with one C++
+  kernel per layer for rotary + cache write + attention over each row's own columns (no masks,
+  no transformers per-layer machinery); other models keep (5). Same weights, same forward up to
+  fp32 summation order, so the completions' log-probabilities under the training model equal the
+  sampler's (no importance-sampling correction is needed).
 - ``"hf"``: transformers ``generate`` (the baseline ``make bench`` compares against).
 
 Prompts are sorted by length and generated in batches of ``batch_size`` with left padding, so
@@ -311,7 +314,7 @@ class _packed_linears:
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
             bias = None if module.bias is None else module.bias.detach()
-            module.forward = functools.partial(_packed_linear, packed, bias)
+            module.forward = functools.partial(_packed_linear, packed, bias, weight)
             self.patched.append(module)
         return self
 
@@ -321,9 +324,14 @@ class _packed_linears:
         self.patched.clear()
 
 
-def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, W, b)`` on a oneDNN-packed ``W``: ``x (..., in)`` -> ``(..., out)`` (no autograd)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor, x: torch.Tensor
+                   ) -> torch.Tensor:
+    """``F.linear(x, W, b)`` on the oneDNN-packed ``W``: ``x (..., in)`` -> ``(..., out)`` (no autograd).
+    Under CPU autocast (a trainer's ``bf16`` mixed precision) or for a non-fp32 input, plain
+    ``F.linear`` on ``weight``, so autocast casts as it would in the model's own forward."""
+    if x.dtype is not torch.float32 or torch.is_autocast_enabled("cpu"):
+        return torch.nn.functional.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 # ------------------------------------------------------------------ attention over each row's own columns

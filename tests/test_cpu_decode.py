@@ -12,6 +12,10 @@ from r1core.generation import SamplingParams, generate
 from r1core.models import load_model_and_tokenizer
 
 
+def length_reward(completions, **kwargs):  # a named function: MLflow metric names cannot hold "<lambda>"
+    return [len(c) / 9 for c in completions]
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     return load_model_and_tokenizer(str(tiny_model_dir))
@@ -133,3 +137,28 @@ def test_add_rms_norm_adds_the_residual_in_place_and_normalises_like_transformer
         ops.add_rms_norm(h, torch.zeros(5, 8), norm.weight.detach(), 1e-5)
     with pytest.raises(RuntimeError, match="weight must be a contiguous float32 vector of 44"):
         ops.add_rms_norm(h, None, torch.ones(8), 1e-5)
+
+
+def test_grpo_with_bf16_mixed_precision_on_cpu_keeps_the_trainers_forward(tiny_model_dir, tmp_path, monkeypatch):
+    """``bf16: true`` on CPU: accelerate runs the forward under autocast. Rollouts then go through
+    that forward (the packed oneDNN kernel steps aside for ``F.linear`` under autocast, and the
+    fp32 CPU decoder is not used), and the step trains."""
+    import pandas as pd
+
+    from r1core.config import GRPOStageConfig
+    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset, grpo_args
+    from r1core.models import load_model_and_tokenizer
+
+    steps = []
+    monkeypatch.setattr(cpu_decode.CpuDecoder, "step", lambda self, *a: steps.append(1))
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    rows = pd.DataFrame({"id": ["a"], "problem": ["1+1?"], "answer": ["2"]})
+    cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
+                          args={"per_device_train_batch_size": 2, "bf16": True})
+    trainer = R1GRPOTrainer(model=model, reward_funcs=[length_reward],
+                            args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
+                            train_dataset=build_prompt_dataset(rows, tok, "r1_zero", None), processing_class=tok)
+    trainer.train()
+    assert "autocast" in cpu_decode.unsupported(trainer.model)
+    assert not steps
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
