@@ -12,7 +12,8 @@ every linear layer (the engine's oneDNN packed weights) and :func:`rope_attend` 
 cache write + attention, and ``add_rms_norm`` for each residual add + RMSNorm. The logits equal transformers' up to fp32 summation order (tested).
 
 The kernel is compiled once per machine with :mod:`torch.utils.cpp_extension` (g++ and ninja;
-~40 s, cached under ``~/.cache/torch_extensions``). Where it cannot be built (no compiler, no
+~40 s, cached under ``~/.cache/torch_extensions`` or ``$TORCH_EXTENSIONS_DIR``; concurrent
+processes wait for one build). Where it cannot be built (no compiler, no
 AVX2/FMA, not x86-64) or ``R1_CPU_DECODE=0`` is set, the engine keeps transformers' forward.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -44,6 +46,14 @@ def kernels():
     return _kernels or None
 
 
+def build_directory() -> Path:
+    """Where the kernel is built and cached: under torch's extensions folder
+    (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), per Python version."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root()) / f"r1_decode_attention-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
 def _build():
     if os.environ.get("R1_CPU_DECODE", "1") == "0":
         return None
@@ -53,11 +63,22 @@ def _build():
                     "forward", platform.machine(), torch.backends.cpu.get_cpu_capability())
         return None
     try:
+        import fcntl
+
         from torch.utils.cpp_extension import load
 
-        # -fopenmp: without it at::parallel_for compiles to a serial loop (one core of the two here)
-        return load(name="r1_decode_attention", sources=[str(SOURCE)], with_cuda=False, verbose=False,
-                    extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        build = build_directory()
+        build.mkdir(parents=True, exist_ok=True)
+        # torch's own build lock is a file that a process killed mid-build leaves behind, and every
+        # later load then waits for it forever. Builds are serialised by an OS lock here instead
+        # (released when its holder dies), so a torch lock file found while holding it is stale.
+        with open(build / "r1-build.lock", "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            (build / "lock").unlink(missing_ok=True)
+            # -fopenmp: without it at::parallel_for compiles to a serial loop (one core of the two here)
+            return load(name="r1_decode_attention", sources=[str(SOURCE)], build_directory=str(build),
+                        with_cuda=False, verbose=False, extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                        extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler or ninja, a read-only cache folder: decoding still works, slower
         logger.warning("CPU decode kernel could not be built (%s: %s); decoding uses transformers' forward, "
                        "~1.3x slower. Install g++ and ninja (or set R1_CPU_DECODE=0 to skip the attempt).",

@@ -162,3 +162,15 @@ def test_grpo_with_bf16_mixed_precision_on_cpu_keeps_the_trainers_forward(tiny_m
     assert "autocast" in cpu_decode.unsupported(trainer.model)
     assert not steps
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+@pytest.mark.timeout(300)
+def test_a_build_lock_left_by_a_killed_process_does_not_block_loading(monkeypatch):
+    """torch's build lock is a plain file: a process killed mid-build leaves it, and torch then
+    waits for it forever. The loader holds an OS lock around the build and clears such a file."""
+    assert cpu_decode.kernels() is not None
+    build = cpu_decode.build_directory()
+    (build / "lock").touch()  # what a SIGKILL during the build leaves
+    monkeypatch.setattr(cpu_decode, "_kernels", None)  # a fresh process
+    assert cpu_decode.kernels() is not None
+    assert not (build / "lock").exists()
