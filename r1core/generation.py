@@ -234,7 +234,7 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
                                device=device)
         additive[:, 0, 0, : mask.shape[1]].masked_fill_(mask == 0, torch.finfo(model.dtype).min)
     scratch = torch.empty_like(logits)  # (B, V): the sampler's normaliser, reused every step
-    first_columns = None  # (b,) int64 tensor of `starts` for the CPU decoder, rebuilt when rows leave
+    first_columns = torch.tensor(starts, dtype=torch.long) if decoder is not None else None  # (b,) for the decoder
     live = list(range(len(prompts)))  # batch row -> prompt index
     generated: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
@@ -266,15 +266,13 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
             starts = [starts[r] for r in keep.tolist()]
             additive = additive[keep] if additive is not None else None
             buckets = _row_buckets(starts, device) if additive is not None else None
-            first_columns = None
+            first_columns = first_columns[keep] if first_columns is not None else None
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         position = position + 1
         step_ids = tokens.to(device)[:, None]  # (b, 1)
         if history is not None:
             history = torch.cat([history, step_ids], dim=1)
         if decoder is not None:
-            if first_columns is None:
-                first_columns = torch.tensor(starts, dtype=torch.long)
             logits = decoder.step(step_ids[:, 0], position, cache.layers, first_columns)  # (b, V)
         else:
             with _bucketed_attention(model, buckets) as extra:

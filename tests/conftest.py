@@ -82,6 +82,14 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer_dir)
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """``(model, tokenizer)`` of the tiny Llama, loaded once per test module."""
+    from r1core.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(tiny_model_dir))
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test API for the session (starting it takes 10-20 s)."""

@@ -6,13 +6,7 @@ import pytest
 
 from r1core.budget import ANSWER_PREFIX, END_THINK, budget_forced_generate
 from r1core.generation import SamplingParams
-from r1core.models import load_model_and_tokenizer
 from r1core.prompts import render
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model_and_tokenizer(str(tiny_model_dir))
 
 
 def test_thinking_is_capped_and_the_answer_forced(tiny):

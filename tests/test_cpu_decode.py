@@ -9,16 +9,7 @@ import torch
 
 from r1core import cpu_decode, generation
 from r1core.generation import SamplingParams, generate
-from r1core.models import load_model_and_tokenizer
-
-
-def length_reward(completions, **kwargs):  # a named function: MLflow metric names cannot hold "<lambda>"
-    return [len(c) / 9 for c in completions]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model_and_tokenizer(str(tiny_model_dir))
+from tests.tiny import length_reward
 
 
 def _random_model(kind: str):

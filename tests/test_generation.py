@@ -10,18 +10,10 @@ import torch
 from r1core import generation
 from r1core.generation import SamplingParams, generate, sample_token_ids
 from r1core.models import load_model_and_tokenizer
+from tests.tiny import length_reward
 
 PROMPTS = ["What is 1+1?", "Compute the sum of the first ten odd numbers, please.", "What is 1+1?", "Hi",
            "A much longer prompt that makes the left padding matter: " * 3, "What is 1+1?"]
-
-
-def length_reward(completions, **kwargs):
-    return [len(c) / 9 for c in completions]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model_and_tokenizer(str(tiny_model_dir))
 
 
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.3])

@@ -10,16 +10,13 @@ import torch
 from r1core import generation
 from r1core.generation import SamplingParams, generate
 from r1core.models import load_model_and_tokenizer
+from tests.tiny import length_reward
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 PROMPTS = ["What is 1+1?", "Compute the sum of the first ten odd numbers, please.", "What is 1+1?", "Hi",
            "A much longer prompt that makes the left padding matter: " * 3]
-
-
-def length_reward(completions, **kwargs):  # a named function: MLflow metric names cannot hold "<lambda>"
-    return [len(c) / 9 for c in completions]
 
 
 @pytest.fixture(scope="module")
