@@ -61,13 +61,37 @@ class PassRateFilter(_Section):
     candidates: int = Field(256, ge=1, description="Problems scored (the filter's cost is k x candidates samples).")
 
 
+class ProceduralTask(_Section):
+    """One reasoning-gym task of a procedural mix."""
+
+    name: str = Field(description="A reasoning-gym task, e.g. chain_sum, basic_arithmetic, leg_counting.")
+    weight: float = Field(1.0, gt=0, description="Share of the mix (weights are normalised).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The task's settings (its difficulty), "
+                                   "e.g. {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}.")
+
+
+class ReasoningGymConfig(_Section):
+    """Procedural problems from reasoning-gym (r1core.procedural): training and held-out sets from
+    disjoint seeds, checked disjoint."""
+
+    tasks: list[ProceduralTask] = Field(min_length=1, description="The tasks, their weights and settings.")
+    size: int = Field(2000, ge=1, description="Training problems generated (before deduplication).")
+    seed: int = Field(1, description="Seed of the training problems.")
+    heldout_size: int = Field(64, ge=0, description="Held-out problems (never trained on), for evaluation.")
+    heldout_seed: int = Field(2, description="Seed of the held-out problems (must differ from seed).")
+
+
 class CurateConfig(_Stage):
-    """Curation: load, normalise, deduplicate, decontaminate, sample. Output: a data set."""
+    """Curation: load, normalise, deduplicate, decontaminate, sample. Output: a data set (and,
+    for procedural tasks, a held-out set that ``grpo.eval`` can name as ``heldout``)."""
 
     OUTPUT: ClassVar[str] = "dataset"
     type: Literal["curate"] = "curate"
 
-    dataset: str = Field("gsm8k:train", description="Catalog name[:split] of the training set.")
+    dataset: str = Field("gsm8k:train", description="Catalog name[:split] of the training set, or "
+                         "reasoning_gym (procedural tasks, set in the reasoning_gym section).")
+    reasoning_gym: ReasoningGymConfig | None = Field(
+        None, description="Procedural reasoning tasks (with dataset: reasoning_gym).")
     num_problems: int = Field(64, ge=1, description="Problems kept after filtering (a seeded sample).")
     decontaminate: list[str] = Field(
         default_factory=lambda: ["gsm8k:test", "math500", "aime24", "amc23"],
@@ -83,6 +107,30 @@ class CurateConfig(_Stage):
     def input_refs(self) -> dict[str, tuple[str, str]]:
         return {"reference_model": (self.pass_rate.model, "model")} if self.pass_rate else {}
 
+    @model_validator(mode="after")
+    def _procedural(self):
+        if (self.dataset == "reasoning_gym") != (self.reasoning_gym is not None):
+            raise ValueError("dataset: reasoning_gym and a reasoning_gym section go together (give both, or neither)")
+        return self
+
+
+class InTrainingEvalConfig(_Section):
+    """Evaluation during GRPO (R1 evaluates during RL, DeepSeek-R1 Figure 2): pass@1 over k
+    samples with the R1 protocol, every ``eval_steps`` steps, at step 0 and at the end, through
+    the same code as the evaluate stage."""
+
+    eval_steps: int = Field(10, ge=1, description="Evaluate every this many optimizer steps.")
+    benchmarks: list[str] = Field(default_factory=lambda: ["heldout"], description=(
+        "heldout (the held-out problems of the curate stage feeding grpo.data) and/or catalog benchmarks "
+        "(math500, aime24, gsm8k:test, ...)."))
+    limit: int | None = Field(64, ge=1, description="First N problems of each benchmark (None: all).")
+    num_samples: int = Field(4, ge=1, description="k samples per problem.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens per sample (None: grpo.max_completion_length).")
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    prompt_template: Literal["r1_zero", "r1_eval"] | None = Field(
+        None, description="Prompt template (None: the GRPO stage's template and prefill, as the policy is trained).")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
 
 class GRPOStageConfig(_Stage):
     """GRPO (R1-Zero when run on a base model). Keys of ``args`` go to TRL's ``GRPOConfig`` as is.
@@ -117,6 +165,10 @@ class GRPOStageConfig(_Stage):
     generation_engine: Literal["r1", "hf"] = Field(
         "r1", description="Rollouts without vLLM: r1 (the project's batched decoding loop, r1core.generation) or "
         "hf (TRL's stock transformers generate).")
+    eval: InTrainingEvalConfig | None = Field(None, description="Evaluate the policy during training (pass@1 vs step).")
+    reflection_markers: list[str] | None = Field(
+        None, description="Phrases counted for the reflection rate per step (None: r1core.signals.REFLECTION_MARKERS).")
+    language: Literal["en", "zh"] = Field("en", description="Target language of the language-consistency signal.")
 
 
 class EndpointConfig(_Section):

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from r1core.verify import verify_batch
+from r1core.verify import checks_of, verify_batch
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -46,9 +46,11 @@ def contaminated(problems: Iterable[str], benchmark_problems: Iterable[str], n: 
     return [bool(ngrams(p, n) & index) for p in problems]
 
 
-def parsable_gold(answers: list[str]) -> list[bool]:
-    """Whether math-verify can parse each gold answer (the verifier's ``gold_unparsable`` check)."""
-    verdicts = verify_batch([f"<answer>{a}</answer>" for a in answers], answers)
+def parsable_gold(rows: pd.DataFrame) -> list[bool]:
+    """Whether the verifier can check each row's gold ``answer`` by its answer type (not the
+    verifier's ``gold_unparsable``)."""
+    answers = [str(a) for a in rows["answer"]]
+    verdicts = verify_batch([f"<answer>{a}</answer>" for a in answers], answers, **checks_of(rows))
     return [v.status != "gold_unparsable" for v in verdicts]
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from r1core.generation import SamplingParams, generate
 from r1core.prompts import render
-from r1core.verify import group_equivalent, verify_batch
+from r1core.verify import checks_of, group_equivalent, verify_batch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -90,9 +90,16 @@ def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
     if k > 1 and n_problems:
         metrics[f"pass@{k}"] = float(per_problem["correct"].apply(lambda s: pass_at_k(len(s), int(s.sum()), k)).mean())
         metrics[f"cons@{k}"] = float(per_problem.apply(
-            lambda g: majority_vote(group_equivalent(list(g["extracted"])), list(g["correct"].astype(bool))),
+            lambda g: majority_vote(group_equivalent(list(g["extracted"]), answer_type=_answer_type(g)),
+                                    list(g["correct"].astype(bool))),
             include_groups=False).mean())
     return metrics
+
+
+def _answer_type(group: pd.DataFrame) -> str:
+    """The answer type of one problem's samples (``math`` for samples written before types existed)."""
+    value = group["answer_type"].iloc[0] if "answer_type" in group else None
+    return value if isinstance(value, str) and value else "math"
 
 
 def breakdown(samples: pd.DataFrame) -> dict[str, float]:
@@ -111,7 +118,8 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
 
 
 def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
-                       template: str = "r1_eval", batch_size: int = 64, results_path: Path | None = None,
+                       template: str = "r1_eval", prefill: str | None = None, batch_size: int = 64,
+                       results_path: Path | None = None,
                        progress: Callable[[int, int, float], None] | None = None,
                        generate_fn: Callable = generate) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.
@@ -120,7 +128,9 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     appended as soon as it is scored, and samples already in the file are not generated again;
     a crashed or retried evaluation loses at most one chunk. The caller keys the file by
     model, benchmark and settings. ``generate_fn`` replaces plain sampling (e.g. a
-    :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`).
+    :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`). Each problem is
+    checked by its ``answer_type`` (and ``metadata``) columns where present (see
+    :mod:`r1core.verify`); ``prefill`` starts the assistant turn (as GRPO's prompts do).
 
     Returns:
         ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
@@ -139,10 +149,11 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     chunk = max(batch_size * 4, 1)
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        prompts = [render(tokenizer, rows.at[i, "problem"], template) for i, _ in part]
+        prompts = [render(tokenizer, rows.at[i, "problem"], template, prefill) for i, _ in part]
         outs = generate_fn(model, tokenizer, prompts, replace(params, seed=params.seed + start),
                            batch_size=batch_size, on_batch=progress)
-        verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part])
+        verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],
+                                **checks_of(rows.iloc[[i for i, _ in part]]))
         new = [_sample_record(rows, i, j, o, v) for (i, j), o, v in zip(part, outs, verdicts)]
         for rec in new:
             done[(rec["id"], rec["sample"])] = rec
@@ -159,5 +170,6 @@ def _sample_record(rows: pd.DataFrame, i: int, j: int, out, verdict) -> dict:
             "subject": str(rows.at[i, "subject"]) if "subject" in rows else "",
             "level": int(rows.at[i, "level"] or 0) if "level" in rows else 0,
             "answer": str(rows.at[i, "answer"]), "extracted": verdict.answer, "correct": verdict.correct,
+            "answer_type": checks_of(rows.iloc[[i]])["answer_types"][0], "score": verdict.score,
             "verifier_status": verdict.status, "num_tokens": out.num_tokens, "truncated": out.truncated,
             "completion": out.text}

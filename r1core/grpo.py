@@ -32,6 +32,12 @@
 6. Its MLflow callback is :class:`CheckpointAlignedMLflowCallback`: with checkpointing on,
    metrics are committed with each checkpoint, so a run killed and resumed from its last
    checkpoint continues its metric history with no duplicated steps.
+7. **R1's self-evolution signals** per step, in ``_calculate_rewards`` (where the step's
+   completions are text): ``signals/reflection_rate`` and ``signals/language_consistency``
+   (:mod:`r1core.signals`), beside TRL's ``completions/mean_length``.
+
+With ``grpo.eval`` set, :class:`r1core.training_eval.InTrainingEvaluation` evaluates the policy
+during training (pass@1 against step, R1 Figure 2), and R1's figures are logged at the end.
 
 Everything else (the loss, ``loss_type``, ``beta``, clipping, generation) is TRL's, configured
 through the recipe's ``grpo.args``; at the end of training a learning curve (each reward's mean
@@ -132,9 +138,13 @@ class R1GRPOTrainer(GRPOTrainer):
                        "importance_sampling_ratio", "sampling_per_token_logps"}
 
     def __init__(self, *args, completions_log_steps: int = 1, dynamic_sampling_rounds: int = 0,
-                 stop_strings: list[str] | None = None, generation_engine: str = "r1", **kwargs):
+                 stop_strings: list[str] | None = None, generation_engine: str = "r1",
+                 reflection_markers: list[str] | None = None, language: str = "en", **kwargs):
+        from r1core.signals import ReflectionRate
+
         if generation_engine not in ("r1", "hf"):
             raise ValueError(f"generation_engine must be 'r1' or 'hf', got {generation_engine!r}.")
+        self._reflection, self._signal_language = ReflectionRate(reflection_markers), language
         super().__init__(*args, **kwargs)
         self.generation_engine = generation_engine
         self._generation_calls = 0
@@ -149,6 +159,19 @@ class R1GRPOTrainer(GRPOTrainer):
         if self.pop_callback(MLflowCallback) is not None:
             self._mlflow_callback = CheckpointAlignedMLflowCallback()
             self.add_callback(self._mlflow_callback)
+
+    # ------------------------------------------------------------ self-evolution signals (R1 2.2.4)
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        from r1core.prompts import response_text
+        from r1core.rewards import _texts
+        from r1core.signals import self_evolution_signals
+
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        texts = [response_text(p if isinstance(p, str) else "", t) for p, t in zip(prompts, _texts(completions))]
+        mode = "train" if self.model.training else "eval"
+        for key, value in self_evolution_signals(texts, self._reflection, self._signal_language).items():
+            self._metrics[mode][key].append(value)
+        return rewards
 
     # ------------------------------------------------------------ stop strings
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -475,10 +498,15 @@ def _logprob_entropy(h, weight, bias, targets, temperature: float):
 
 
 def build_prompt_dataset(rows: pd.DataFrame, tokenizer, template: str, prefill: str | None) -> Dataset:
-    """Rows ``{id, problem, answer, ...}`` -> TRL prompt dataset ``{prompt, answer, id}`` (prompts as text)."""
+    """Rows ``{id, problem, answer, ...}`` -> TRL prompt dataset ``{prompt, answer, id, answer_type,
+    metadata}`` (prompts as text; the last two tell the verifier how each answer is checked)."""
+    from r1core.verify import checks_of
+
     prompts = [render(tokenizer, p, template, prefill) for p in rows["problem"]]
+    checks = checks_of(rows)
     return Dataset.from_dict({"prompt": prompts, "answer": [str(a) for a in rows["answer"]],
-                              "id": [str(i) for i in rows["id"]]})
+                              "id": [str(i) for i in rows["id"]], "answer_type": checks["answer_types"],
+                              "metadata": checks["metadata"]})
 
 
 def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> GRPOConfig:
@@ -518,7 +546,23 @@ def vllm_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
-def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:
+def in_training_evaluation(cfg, tokenizer, eval_sets, seed: int):
+    """The :class:`r1core.training_eval.InTrainingEvaluation` callback for ``cfg.eval`` (``None`` when unset)."""
+    from r1core.generation import SamplingParams
+    from r1core.training_eval import InTrainingEvaluation
+
+    ev = cfg.eval
+    if ev is None or not eval_sets:
+        return None
+    params = SamplingParams(max_new_tokens=ev.max_new_tokens or cfg.max_completion_length, temperature=ev.temperature,
+                            top_p=ev.top_p, seed=seed)
+    template, prefill = (ev.prompt_template, None) if ev.prompt_template else (cfg.prompt_template, cfg.prefill)
+    return InTrainingEvaluation(eval_sets, tokenizer, params, k=ev.num_samples, eval_steps=ev.eval_steps,
+                                template=template, prefill=prefill, batch_size=ev.batch_size)
+
+
+def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed: int = 42,
+               eval_sets=None) -> dict[str, float]:
     """Train ``model`` with GRPO on ``rows``; save the policy (and tokenizer) to ``output_dir``.
 
     Logs into the active MLflow run through TRL's MLflow callback (per-step ``reward``,
@@ -530,10 +574,12 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
         rows: curated problems with ``problem`` and ``answer`` columns.
         cfg: the recipe's :class:`r1core.config.GRPOStageConfig`.
         output_dir: where checkpoints and the final model go.
+        eval_sets: :class:`r1core.training_eval.EvalSet` list for ``cfg.eval`` (evaluation during training).
 
     Returns:
-        Summary metrics: ``train_runtime`` (seconds), ``train_loss`` and the mean of each
-        reward over the first and last logged step.
+        Summary metrics: ``train_runtime`` (seconds), ``train_loss``, the mean of each reward
+        over the first and last logged step, and with ``cfg.eval`` each set's pass@1 (and its
+        standard error) at the first and last evaluation (``eval/<set>/pass@1_first``, ...).
     """
     import torch
 
@@ -541,12 +587,14 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     args = grpo_args(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available())
     dataset = build_prompt_dataset(rows, tokenizer, cfg.prompt_template, cfg.prefill)
     tokenizer.padding_side = "left"
+    evaluation = in_training_evaluation(cfg, tokenizer, eval_sets, seed)
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer,
                             dynamic_sampling_rounds=cfg.dynamic_sampling_rounds if cfg.dynamic_sampling else 0,
                             completions_log_steps=cfg.completions_log_steps, stop_strings=cfg.stop_strings,
                             generation_engine=cfg.generation_engine,
-                            callbacks=trim_heap_callbacks(args))
+                            reflection_markers=cfg.reflection_markers, language=cfg.language,
+                            callbacks=trim_heap_callbacks(args) + ([evaluation] if evaluation else []))
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
@@ -554,6 +602,10 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
         logger.info("GRPO: resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     _log_learning_curve(trainer, list(cfg.rewards))
+    if trainer.accelerator.is_main_process:
+        from r1core.training_eval import log_figures
+
+        log_figures(trainer.state.log_history, evaluation)
     trainer.save_model(output_dir)
     tokenizer.save_pretrained(output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
@@ -565,6 +617,12 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
         if vals:
             summary[f"{name}_first"] = float(vals[0])
             summary[f"{name}_last"] = float(vals[-1])
+    for name in ("completions/mean_length", "signals/reflection_rate"):
+        vals = [h[name] for h in history if name in h]
+        if vals:
+            summary[f"{name.split('/')[-1]}_first"], summary[f"{name.split('/')[-1]}_last"] = vals[0], vals[-1]
+    if evaluation is not None:
+        summary.update(evaluation.summary())
     Path(output_dir, "r1_done").write_text("ok")
     return summary
 

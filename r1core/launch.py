@@ -96,12 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     from r1core import models, tracking
     from r1core.config import Recipe
     from r1core.grpo import train_grpo
+    from r1core.stages import grpo_eval_sets
 
     spec = LaunchSpec(**json.loads(Path((argv or sys.argv[1:])[0]).read_text()))
     recipe = Recipe.model_validate_json(spec.recipe_json)
     rows = tracking.read_dataset(spec.dataset_uri)
     model, tok = models.load_model_and_tokenizer(spec.model_ref)
-    summary = train_grpo(model, tok, rows, recipe.stages[spec.stage], spec.output_dir, seed=recipe.seed)
+    cfg = recipe.stages[spec.stage]
+    eval_sets = grpo_eval_sets(cfg, spec.dataset_uri) if int(os.environ.get("RANK", "0")) == 0 else []
+    summary = train_grpo(model, tok, rows, cfg, spec.output_dir, seed=recipe.seed, eval_sets=eval_sets)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(spec.output_dir, "summary.json").write_text(json.dumps(summary))
 

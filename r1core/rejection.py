@@ -39,7 +39,7 @@ from r1core.generation import SamplingParams
 from r1core.prompts import messages
 from r1core.rewards import FormatReward, LanguageConsistencyReward, RepetitionReward
 from r1core.teachers import TeacherSample
-from r1core.verify import verify_batch
+from r1core.verify import checks_of, verify_batch
 
 logger = logging.getLogger(__name__)
 REJECTION_REASONS = ("truncated", "too_long", "format", "language_mixed", "repetition", "incorrect", "duplicate",
@@ -73,7 +73,7 @@ def reference_traces(problems: pd.DataFrame, template: str, counter) -> tuple[pd
     rows = [r for _, r in problems.iterrows()]
     with_solution = [r for r in rows if str(r.get("solution") or "").strip()]
     responses = [reference_response(str(r["solution"]), str(r["answer"]), template) for r in with_solution]
-    verdicts = verify_batch(responses, [str(r["answer"]) for r in with_solution])
+    verdicts = verify_batch(responses, [str(r["answer"]) for r in with_solution], **checks_of(with_solution))
     count = getattr(counter, "count_tokens", None) or (lambda t: len(counter(t, add_special_tokens=False)["input_ids"]))
     kept = [_trace(r, resp, count(resp), "reference", template)
             for r, resp, v in zip(with_solution, responses, verdicts) if v.correct]
@@ -160,7 +160,8 @@ def rejection_sample(teacher, problems: pd.DataFrame, cfg, *, seed: int = 0, fol
     sampled = sample_with_resume(teacher, rows, k, params, folder, cfg.shard_size, progress)
     flat = [(row, j, smp) for _, row in rows.iterrows() for j, smp in enumerate(sampled[row["id"]])]
     responses = [smp.text for _, _, smp in flat]
-    verdicts = verify_batch(responses, [str(row["answer"]) for row, _, _ in flat])
+    verdicts = verify_batch(responses, [str(row["answer"]) for row, _, _ in flat],
+                            **checks_of([row for row, _, _ in flat]))
     formatted = FormatReward()(responses)
     language = LanguageConsistencyReward(cfg.language)(responses)
     repeated = [-v for v in RepetitionReward(ngram_size=3, max_penalty=-1.0)(responses)]  # share of repeated 3-grams

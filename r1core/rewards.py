@@ -30,6 +30,12 @@ from r1core.prompts import response_text
 from r1core.verify import verify_batch
 
 
+def _checks(answer_type=None, metadata=None) -> dict:
+    """``verify_batch``'s per-sample checks from the data set columns TRL passes (absent: math)."""
+    return {"answer_types": list(answer_type) if answer_type is not None else None,
+            "metadata": list(metadata) if metadata is not None else None}
+
+
 def _texts(completions) -> list[str]:
     """Completions as plain strings (TRL passes lists of messages for conversational data)."""
     out = []
@@ -51,8 +57,10 @@ def _responses(completions, prompts) -> list[str]:
 class AccuracyReward:
     """R1's accuracy reward: ``1.0`` if the completion's final answer verifies against ``answer``, else ``0.0``.
 
-    The answer is read and compared by :mod:`r1core.verify` (the project's one verifier);
-    ``None`` (sample skipped by TRL) when the gold answer cannot be parsed. Verifier timeouts
+    The answer is read and compared by :mod:`r1core.verify` (the project's one verifier), by
+    each row's ``answer_type`` column (math when absent); for a reasoning-gym task the reward is
+    the task scorer's value (0 to 1, partial credit where the task gives it). ``None`` (sample
+    skipped by TRL) when the gold answer cannot be parsed. Verifier timeouts
     score ``0.0``; both are counted through TRL's ``log_metric`` (``verifier/timeouts``,
     ``verifier/gold_unparsable``).
 
@@ -62,13 +70,14 @@ class AccuracyReward:
 
     __name__ = "accuracy"
 
-    def __call__(self, completions, answer, **kwargs) -> list[float | None]:
-        verdicts = verify_batch(_texts(completions), [str(a) for a in answer])
+    def __call__(self, completions, answer, answer_type=None, metadata=None, **kwargs) -> list[float | None]:
+        verdicts = verify_batch(_texts(completions), [str(a) for a in answer],
+                                **_checks(answer_type, metadata))
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             log_metric("verifier/timeouts", float(sum(v.status == "timeout" for v in verdicts)))
             log_metric("verifier/gold_unparsable", float(sum(v.status == "gold_unparsable" for v in verdicts)))
-        return [None if v.correct is None else float(v.correct) for v in verdicts]
+        return [None if v.correct is None else float(v.score) for v in verdicts]
 
 
 class FormatReward:
@@ -120,8 +129,10 @@ def _lengths(completions, completion_ids=None) -> list[int]:
     return [len(t.split()) for t in _texts(completions)]
 
 
-def _correct(completions, answer) -> list[bool]:
-    return [v.correct is True for v in verify_batch(_texts(completions), [str(a) for a in answer])]
+def _correct(completions, answer, answer_type=None, metadata=None) -> list[bool | None]:
+    """Per completion: verified correct, wrong, or ``None`` when its gold cannot be parsed."""
+    return [v.correct for v in verify_batch(_texts(completions), [str(a) for a in answer],
+                                            **_checks(answer_type, metadata))]
 
 
 _SCRIPTS = {
@@ -167,7 +178,8 @@ class LengthReward:
     completions of the same prompt: ``lambda = 0.5 - (len - min_len) / (max_len - min_len)``;
     a correct completion gets ``lambda``, an incorrect one ``min(0, lambda)``; ``0`` for all
     when every length in the group is equal. Lengths in tokens (``completion_ids``). Range
-    -0.5 to 0.5.
+    -0.5 to 0.5; ``None`` (skipped, as TRL skips ``None``) where the gold answer cannot be parsed,
+    and such samples do not set the group's length range.
 
     >>> LengthReward()(["<answer>4</answer>", "so long ... <answer>4</answer>"], answer=["4", "4"],
     ...                prompts=["p", "p"], completion_ids=[[1], [1, 2, 3]])
@@ -176,13 +188,15 @@ class LengthReward:
 
     __name__ = "length"
 
-    def __call__(self, completions, answer, prompts=None, completion_ids=None, **kwargs) -> list[float]:
+    def __call__(self, completions, answer, prompts=None, completion_ids=None, answer_type=None, metadata=None,
+                 **kwargs) -> list[float | None]:
         lengths = _lengths(completions, completion_ids)
-        correct = _correct(completions, answer)
+        correct = _correct(completions, answer, answer_type, metadata)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, p in enumerate(prompts if prompts is not None else [""] * len(lengths)):
-            groups[str(p)].append(i)
-        out = [0.0] * len(lengths)
+            if correct[i] is not None:
+                groups[str(p)].append(i)
+        out: list[float | None] = [None if c is None else 0.0 for c in correct]
         for idx in groups.values():
             lo, hi = min(lengths[i] for i in idx), max(lengths[i] for i in idx)
             if hi == lo:
@@ -199,7 +213,7 @@ class CosineReward:
     length in tokens (capped at ``max_len``). Correct answers go from ``max_value_correct``
     (short) down to ``min_value_correct`` (at ``max_len``), so brevity pays; wrong answers go
     from ``min_value_wrong`` (short) up to ``max_value_wrong``, so a longer attempt is
-    penalised less than giving up early.
+    penalised less than giving up early. ``None`` (skipped) where the gold answer cannot be parsed.
 
     >>> CosineReward(max_len=100)(["<answer>4</answer>", "<answer>5</answer>"], answer=["4", "4"],
     ...                           completion_ids=[[0] * 100, []])
@@ -216,9 +230,13 @@ class CosineReward:
         self.min_value_correct, self.max_value_correct = min_value_correct, max_value_correct
         self.max_len = max_len
 
-    def __call__(self, completions, answer, completion_ids=None, **kwargs) -> list[float]:
-        out = []
-        for n, ok in zip(_lengths(completions, completion_ids), _correct(completions, answer)):
+    def __call__(self, completions, answer, completion_ids=None, answer_type=None, metadata=None,
+                 **kwargs) -> list[float | None]:
+        out: list[float | None] = []
+        for n, ok in zip(_lengths(completions, completion_ids), _correct(completions, answer, answer_type, metadata)):
+            if ok is None:
+                out.append(None)
+                continue
             progress = min(n, self.max_len) / self.max_len
             cosine = (1 + math.cos(math.pi * progress)) / 2  # 1 at length 0, 0 at max_len
             if ok:
@@ -231,8 +249,9 @@ class CosineReward:
 
 class RepetitionReward:
     """N-gram repetition penalty (Yeo et al. 2025, appendix): ``max_penalty * (1 - unique / total)``
-    over the completion's word n-grams; ``0`` for completions shorter than ``ngram_size`` words.
-    Range ``max_penalty`` (<= 0) to 0.
+    over the completion's token n-grams when TRL passes ``completion_ids`` (so text without spaces,
+    such as Chinese, is measured too), else over its whitespace-separated words; ``0`` for
+    completions shorter than ``ngram_size``. Range ``max_penalty`` (<= 0) to 0.
 
     >>> RepetitionReward(ngram_size=2)(["a b a b a b", "a b c d"])
     [-0.6, 0.0]
@@ -247,10 +266,11 @@ class RepetitionReward:
             raise ValueError("repetition: ngram_size must be >= 1.")
         self.ngram_size, self.max_penalty = ngram_size, max_penalty
 
-    def __call__(self, completions, **kwargs) -> list[float]:
+    def __call__(self, completions, completion_ids=None, **kwargs) -> list[float]:
+        units = ([list(ids) for ids in completion_ids] if completion_ids is not None
+                 else [t.lower().split() for t in _texts(completions)])
         out = []
-        for text in _texts(completions):
-            words = text.lower().split()
+        for words in units:
             grams = [tuple(words[i : i + self.ngram_size]) for i in range(len(words) - self.ngram_size + 1)]
             out.append(self.max_penalty * (1 - len(set(grams)) / len(grams)) if grams else 0.0)
         return [0.0 if v == 0 else v for v in out]

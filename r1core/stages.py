@@ -52,19 +52,62 @@ def validate(recipe: Recipe) -> None:
     refs = [recipe.model]
     for name, st in recipe.stages.items():
         if st.type == "curate":
-            for spec in [st.dataset, *st.decontaminate]:
+            if st.reasoning_gym is not None:
+                from r1core.procedural import check_tasks
+
+                check_tasks(st.reasoning_gym)
+            for spec in [*([] if st.reasoning_gym else [st.dataset]), *st.decontaminate]:
                 data.check_available(spec)
         elif st.type == "evaluate":
             for spec in st.benchmarks:
                 data.check_available(spec)
         elif st.type == "grpo":
             get_rewards(st.rewards, st.reward_args)
+            _check_grpo_eval(recipe, name)
         refs += [ref for ref, kind in st.input_refs().values()
                  if kind == "model" and ref != "base" and upstream(ref) is None]
     for ref in refs:
         resolved = models.resolve_model(ref)  # raises ModelNotFoundError with the fix
         if resolved.is_hub and data.data_dir() is not None:
             logger.info("model %s will be read from the hub", ref)
+
+
+def _check_grpo_eval(recipe: Recipe, name: str) -> None:
+    """A GRPO stage's in-training evaluation must name benchmarks that exist: catalog benchmarks
+    in the mirror, and ``heldout`` only when ``grpo.data`` is a curate stage with procedural tasks."""
+    from r1core.graph import upstream
+
+    ev = recipe.stages[name].eval
+    if ev is None:
+        return
+    for spec in ev.benchmarks:
+        if spec != HELDOUT:
+            data.check_available(spec)
+            continue
+        source = recipe.stages.get(upstream(recipe.stages[name].data) or "")
+        if source is None or source.type != "curate" or source.reasoning_gym is None or not source.reasoning_gym.heldout_size:
+            raise ValueError(f"stages.{name}.eval.benchmarks names 'heldout', but stages.{name}.data "
+                             f"({recipe.stages[name].data}) is not a curate stage with procedural tasks and a held-out "
+                             "set: curate with dataset: reasoning_gym (and reasoning_gym.heldout_size > 0), or name "
+                             "catalog benchmarks such as math500.")
+
+
+#: The name ``grpo.eval.benchmarks`` uses for the held-out problems of the curate stage feeding the GRPO stage.
+HELDOUT = "heldout"
+
+
+def heldout_uri(dataset_uri: str) -> str:
+    """The held-out set a curate stage logged beside the training set ``dataset_uri``.
+
+    Raises:
+        ValueError: the curate run of ``dataset_uri`` logged no held-out set.
+    """
+    if dataset_uri.startswith("runs:/"):
+        run_id = dataset_uri.split("/")[1]
+        if any(a.path == "data/heldout.jsonl" for a in MlflowClient().list_artifacts(run_id, "data")):
+            return f"runs:/{run_id}/data/heldout.jsonl"
+    raise ValueError(f"{dataset_uri} has no held-out set beside it (only a curate stage with procedural tasks "
+                     "writes one); name catalog benchmarks in grpo.eval.benchmarks instead of 'heldout'.")
 
 
 def start_pipeline(recipe: Recipe, flow_run_id: str | None = None, flow_run_url: str | None = None) -> str:
@@ -127,20 +170,29 @@ def curate(recipe: Recipe, name: str, parent_run_id: str, reference_model: str |
 
     cfg = recipe.stages[name]
     with _stage_run(recipe, name, parent_run_id) as run:
-        ds, counts = data.load(cfg.dataset)
-        df = ds.to_pandas()
-        n0 = len(df)
-        df["_norm"] = df["problem"].map(lambda p: " ".join(curation.normalise(p)))  # same words as decontamination
-        df = df.drop_duplicates("_norm").drop(columns="_norm")
-        metrics: dict[str, float] = {"rows_read": counts["rows_read"], "rows_skipped_malformed": counts["rows_skipped"],
-                                     "duplicates_removed": n0 - len(df)}
+        heldout = None
+        if cfg.reasoning_gym is not None:  # procedural tasks: training pool and held-out set from disjoint seeds
+            from r1core.procedural import train_and_heldout
+
+            df, heldout, counts = train_and_heldout(cfg.reasoning_gym)
+            metrics: dict[str, float] = {f"procedural/{k}": v for k, v in counts.items()}
+            metrics["duplicates_removed"] = counts["duplicates_removed"]
+            mlflow.log_params({"curate.reasoning_gym": json.dumps(cfg.reasoning_gym.model_dump(mode="json"))[:6000]})
+        else:
+            ds, counts = data.load(cfg.dataset)
+            df = ds.to_pandas()
+            n0 = len(df)
+            df["_norm"] = df["problem"].map(lambda p: " ".join(curation.normalise(p)))  # same words as decontamination
+            df = df.drop_duplicates("_norm").drop(columns="_norm")
+            metrics = {"rows_read": counts["rows_read"], "rows_skipped_malformed": counts["rows_skipped"],
+                       "duplicates_removed": n0 - len(df)}
         for spec in cfg.decontaminate:
             bench, _ = data.load(spec)
             hit = curation.contaminated(list(df["problem"]), list(bench["problem"]), cfg.ngram)
             metrics[f"decontaminated/{spec.replace(':', '_')}"] = int(sum(hit))
             df = df[[not h for h in hit]]
         if cfg.drop_unparsable_gold:
-            ok = curation.parsable_gold([str(a) for a in df["answer"]])
+            ok = curation.parsable_gold(df)
             metrics["gold_unparsable_removed"] = int(len(ok) - sum(ok))
             df = df[ok]
         if cfg.max_problem_chars:
@@ -162,16 +214,29 @@ def curate(recipe: Recipe, name: str, parent_run_id: str, reference_model: str |
         mlflow.log_params({"curate.dataset": cfg.dataset, "curate.num_problems": cfg.num_problems,
                            "curate.decontaminate": ",".join(cfg.decontaminate), "curate.ngram": cfg.ngram})
         tracking.log_metrics(metrics)
-        src, _ = tracking.log_dataset(df, "curated", "training", source=data.source_uri(cfg.dataset), targets="answer")
-        digest = tracking.dataset_digest(src)
-        return {"run_id": run.info.run_id, "dataset_uri": src, "digest": digest or "", "num_problems": len(df)}
+        source = _procedural_source(cfg) if cfg.reasoning_gym is not None else data.source_uri(cfg.dataset)
+        src, _ = tracking.log_dataset(df, "curated", "training", source=source, targets="answer")
+        out = {"run_id": run.info.run_id, "dataset_uri": src, "digest": tracking.dataset_digest(src) or "",
+               "num_problems": len(df)}
+        if heldout is not None and len(heldout):
+            out["heldout_uri"], _ = tracking.log_dataset(heldout, HELDOUT, "evaluation", targets="answer",
+                                                         source=_procedural_source(cfg, heldout=True))
+            out["heldout_problems"] = len(heldout)
+        return out
+
+
+def _procedural_source(cfg, heldout: bool = False) -> str:
+    """Where procedural problems come from: the generator, its tasks and seed (they are regenerated from these)."""
+    rg = cfg.reasoning_gym
+    tasks = ",".join(t.name for t in rg.tasks)
+    return f"reasoning_gym://composite/{tasks}?seed={rg.heldout_seed if heldout else rg.seed}"
 
 
 def _pass_rate_band(recipe: Recipe, cfg, df: pd.DataFrame, metrics: dict, ref: str) -> pd.DataFrame:
     """Score ``candidates`` problems by a reference model's pass rate over k samples; keep the band."""
     from r1core.generation import SamplingParams, generate
     from r1core.prompts import render
-    from r1core.verify import verify_batch
+    from r1core.verify import checks_of, verify_batch
 
     pr = cfg.pass_rate
     model, tok = models.load_model_and_tokenizer(ref, for_inference=True)
@@ -180,7 +245,8 @@ def _pass_rate_band(recipe: Recipe, cfg, df: pd.DataFrame, metrics: dict, ref: s
     outs = generate(model, tok, prompts, SamplingParams(max_new_tokens=pr.max_new_tokens, seed=recipe.seed),
                     on_batch=progress("curate/pass_rate"))
     golds = [str(a) for a in cand["answer"] for _ in range(pr.num_samples)]
-    correct = [bool(v.correct) for v in verify_batch([o.text for o in outs], golds)]
+    checks = checks_of(cand.loc[cand.index.repeat(pr.num_samples)])
+    correct = [bool(v.correct) for v in verify_batch([o.text for o in outs], golds, **checks)]
     k = pr.num_samples
     cand["pass_rate"] = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(cand))]
     keep = cand[(cand["pass_rate"] >= pr.min_pass_rate) & (cand["pass_rate"] <= pr.max_pass_rate)]
@@ -216,14 +282,38 @@ def grpo(recipe: Recipe, name: str, parent_run_id: str, data: str, model: str) -
             policy, tok = models.load_model_and_tokenizer(str(out_dir))
         else:
             policy, tok = models.load_model_and_tokenizer(policy_ref)
-            summary = train_grpo(policy, tok, rows, cfg, str(out_dir), seed=recipe.seed)
-        mlflow.log_metrics({f"summary/{k}": v for k, v in finite(summary).items()})
+            summary = train_grpo(policy, tok, rows, cfg, str(out_dir), seed=recipe.seed,
+                                 eval_sets=grpo_eval_sets(cfg, dataset_uri))
+        mlflow.log_metrics({tracking.mlflow_key(f"summary/{k}"): v for k, v in finite(summary).items()})
         info = tracking.log_model(policy, tok, name="grpo-policy",
                                   params={"rewards": json.dumps(cfg.rewards), "max_steps": cfg.max_steps},
                                   tags={TAG_MODEL_ROLE: "grpo", "r1.parent_model": policy_ref})
         shutil.rmtree(out_dir, ignore_errors=True)
         return {"run_id": run.info.run_id, "model_uri": f"models:/{info.model_id}", "model_id": info.model_id,
                 "input_model": policy_ref, **{k: float(v) for k, v in finite(summary).items()}}
+
+
+def grpo_eval_sets(cfg, dataset_uri: str) -> list:
+    """The evaluation sets of a GRPO stage's ``eval`` section: ``heldout`` (the held-out problems
+    logged beside ``dataset_uri``) and catalog benchmarks, each cut to ``eval.limit`` problems and
+    logged as an input of the active run (context ``evaluation``)."""
+    from r1core.training_eval import EvalSet
+
+    if cfg.eval is None:
+        return []
+    sets = []
+    for spec in cfg.eval.benchmarks:
+        if spec == HELDOUT:
+            uri = heldout_uri(dataset_uri)
+            problems, name = tracking.read_dataset(uri), HELDOUT
+        else:
+            name, _ = data.parse_spec(spec)
+            problems, uri = data.load(spec)[0].to_pandas(), data.source_uri(spec)
+        problems = problems.head(cfg.eval.limit) if cfg.eval.limit else problems
+        if mlflow.active_run() is not None:
+            tracking.log_input(tracking.pandas_dataset(problems, uri, name, "answer"), "evaluation")
+        sets.append(EvalSet(name, problems.reset_index(drop=True)))
+    return sets
 
 
 # ---------------------------------------------------------------- rejection sampling

@@ -11,8 +11,12 @@ from r1core.config import Recipe
 
 HEADLINE = {
     "curate": lambda o: f"{o['num_problems']} problems",
-    "grpo": lambda o: ", ".join(f"{k} {o[k + '_first']:.2f}->{o[k + '_last']:.2f}"
-                                for k in ("accuracy", "format", "tag_count") if k + "_first" in o) or "trained",
+    "grpo": lambda o: ", ".join(
+        [f"{k.split('/')[1]} pass@1 {o[k]:.2f}->{o[k.replace('_first', '_last')]:.2f} (steps "
+         f"{o[k.replace('pass@1_first', 'step_first')]:.0f}->{o[k.replace('pass@1_first', 'step_last')]:.0f})"
+         for k in o if k.startswith("eval/") and k.endswith("/pass@1_first")]
+        + [f"{k} {o[k + '_first']:.2f}->{o[k + '_last']:.2f}"
+           for k in ("accuracy", "format", "tag_count") if k + "_first" in o]) or "trained",
     "rejection_sampling": lambda o: f"{o['num_kept']} traces kept, teacher acceptance {o['acceptance_rate']:.1%}",
     "sft": lambda o: f"loss {o.get('loss_first', float('nan')):.3f}->{o.get('loss_last', float('nan')):.3f}",
     "evaluate": lambda o: ", ".join(f"{k} {v:.3f}" for k, v in o["metrics"].items()

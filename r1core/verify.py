@@ -1,12 +1,25 @@
 """The one verifier: extracts a completion's final answer and checks it against the gold answer.
 
 Every "is this answer right" in the project goes through :func:`verify_batch` (GRPO's accuracy
-reward, rejection sampling, evaluation), so the three can never disagree.
+reward, rejection sampling, evaluation, cons@k's vote), so they can never disagree.
 
-Extraction (in order): the text inside the last ``<answer>...</answer>`` when present; else
-math-verify's own extraction on the whole completion (which prefers the last ``\\boxed{...}``,
-then the last LaTeX or plain expression). Comparison: math-verify's ``verify`` of the parsed
-gold against the parsed prediction.
+Each row says how its answer is checked (its ``answer_type``, :data:`ANSWER_TYPES`):
+
+- ``math`` (the default): math-verify. Extraction: the text inside the last
+  ``<answer>...</answer>`` when present (read as if boxed); else math-verify's own extraction on
+  the whole completion (the last ``\\boxed{...}``, then the last LaTeX or plain expression).
+  Comparison: math-verify's ``verify``. A gold that is a word or a sentence (``no``,
+  ``\\text{Evelyn}``, ``forty three``) is compared as a ``string`` instead: math-verify would
+  parse it as a product of symbols, so anagrams would verify.
+- ``reasoning_gym``: the task's own scorer from the ``reasoning-gym`` package
+  (``score_answer(answer, entry)``; the row's ``metadata`` is the generator's entry as JSON, its
+  ``metadata.source_dataset`` names the task). The answer given to it is the last ``<answer>``
+  block, else the last ``\\boxed{}``, else the last expression math-verify finds. Such scorers
+  may give partial credit: :attr:`Verdict.score` is the scorer's value and ``correct`` means a
+  full score.
+- ``string``: normalised exact match (case, surrounding whitespace and punctuation, ``\\text{}``
+  wrappers and ``$`` are ignored) of the extracted answer, extracted as for ``reasoning_gym``.
+- ``multiple_choice``: the option letter (``C``, ``(C)``, ``\\text{(C)}``, ``C)``...) must match.
 
 Bounded in time on any thread: math-verify's timeouts use ``signal.alarm``, which works only on
 a process's main thread, and Prefect runs submitted tasks on pool threads. So parsing and
@@ -34,11 +47,12 @@ logger = logging.getLogger(__name__)
 TIMEOUT_S = 5
 #: Extra seconds the caller waits beyond the workers' own timeouts before declaring a hang.
 _GRACE_S = 10.0
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 #: Completions longer than this (characters) are cut to their last part before parsing.
 MAX_CHARS = 20_000
 
 Status = Literal["ok", "no_answer", "gold_unparsable", "timeout", "error"]
+#: How a row's answer is checked (see the module docstring).
+ANSWER_TYPES = ("math", "reasoning_gym", "string", "multiple_choice")
 
 
 @dataclass(frozen=True)
@@ -51,17 +65,87 @@ class Verdict:
         answer: the extracted final answer as text (``None`` when nothing was extracted); equal
             answers by math-verify compare equal as :attr:`key`.
         status: ``ok``, ``no_answer`` (nothing extracted), ``gold_unparsable``, ``timeout`` or ``error``.
+        score: the reward the check gives, 0 to 1: ``1.0``/``0.0`` for math, strings and multiple
+            choice, the task scorer's value for ``reasoning_gym`` (partial credit possible);
+            ``None`` when ``correct`` is ``None``.
     """
 
     correct: bool | None
     answer: str | None
     status: Status
+    score: float | None = None
+
+    def __post_init__(self):
+        if self.score is None and self.correct is not None:
+            object.__setattr__(self, "score", float(self.correct))
 
 
 def _answer_block(completion: str) -> str | None:
-    """The content of the last ``<answer>...</answer>`` block, or ``None`` when there is none."""
-    blocks = _ANSWER_TAG.findall(completion)
-    return blocks[-1] if blocks else None
+    """The content of the last ``<answer>...</answer>`` block, or ``None`` when there is none.
+
+    Found with two ``rfind`` calls (linear time): a regex over many unclosed ``<answer>`` tags
+    takes quadratic time, outside what math-verify's timeout can interrupt."""
+    end = completion.rfind("</answer>")
+    if end < 0:
+        return None
+    start = completion.rfind("<answer>", 0, end)
+    return None if start < 0 else completion[start + len("<answer>") : end]
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (braces balanced), or ``None``."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None
+
+
+_TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_WORDS_ONLY = re.compile(r"^[^\W\d_]{2,}(?:[\s'’,-]+[^\W\d_]+)*[.!]?$")
+_CHOICE = re.compile(r"^\(?([a-z])\)?(?:[.:)]|\s|$)")
+
+
+def normalise_text_answer(text: str) -> str:
+    """A text answer for exact match: ``\\text{}``-like wrappers and ``$`` removed, case-folded,
+    whitespace collapsed, surrounding quotes and final punctuation dropped.
+
+    >>> normalise_text_answer("  \\text{Evelyn}. ")
+    'evelyn'
+    """
+    text = _TEXT_MACRO.sub(r"\1", str(text)).replace("$", "")
+    text = " ".join(text.casefold().split())
+    return text.strip(" \"'`*").rstrip(".!").strip()
+
+
+def is_text_gold(gold: str) -> bool:
+    """Whether a math gold answer is a word or sentence (``no``, ``\\text{Evelyn}``, ``forty three``),
+    which math-verify would misread as a product of symbols; such golds are matched as strings."""
+    text = _TEXT_MACRO.sub(r"\1", gold).replace("$", "").strip()
+    return "\\" not in text and bool(_WORDS_ONLY.match(text))
+
+
+def _choice_letter(text: str) -> str | None:
+    m = _CHOICE.match(normalise_text_answer(text))
+    return m.group(1) if m else None
+
+
+def final_answer_text(completion: str) -> str | None:
+    """The final answer as text, for the non-math checks: the last ``<answer>`` block, else the
+    last ``\\boxed{}``, else the last expression math-verify's extraction finds; ``None`` if none."""
+    completion = completion[-MAX_CHARS:]
+    for found in (_answer_block(completion), _last_boxed(completion)):
+        if found is not None and found.strip():
+            return found.strip()
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    pred = parse(completion, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                 parsing_timeout=TIMEOUT_S)
+    return str(pred[-1]).strip() if pred else None
 
 
 def extract_answer_span(completion: str) -> str:
@@ -99,10 +183,59 @@ def _parse_prediction(completion: str):
     return parse(span, extraction_config=configs, parsing_timeout=TIMEOUT_S)
 
 
-def _verify_one(completion: str, gold: str) -> tuple[bool | None, str | None, str]:
-    """Runs in a worker process (main thread): math-verify's signal timeouts are active here."""
+_SCORERS: dict = {}
+
+
+def _reasoning_gym_score(answer: str | None, metadata: str) -> float:
+    """The reasoning-gym task's own ``score_answer`` for ``answer`` on the entry in ``metadata``."""
+    import json
+
+    entry = json.loads(metadata)
+    task = entry["metadata"]["source_dataset"]
+    if task not in _SCORERS:
+        import reasoning_gym
+
+        _SCORERS[task] = reasoning_gym.get_score_answer_fn(task)
+    return float(_SCORERS[task](answer, entry))
+
+
+def _verify_text(completion: str, gold: str, answer_type: str, metadata: str) -> tuple:
+    """The ``reasoning_gym``, ``string`` and ``multiple_choice`` checks (and word golds of math)."""
+    if answer_type == "reasoning_gym":
+        if not metadata:
+            return None, None, "gold_unparsable", None
+    elif not normalise_text_answer(gold):
+        return None, None, "gold_unparsable", None
+    try:
+        answer = final_answer_text(completion)
+    except Exception:
+        return False, None, "error", 0.0
+    if answer is None:
+        return False, None, "no_answer", 0.0
+    if answer_type == "reasoning_gym":
+        try:
+            score = min(max(_reasoning_gym_score(answer, metadata), 0.0), 1.0)
+        except Exception:
+            return False, answer, "error", 0.0
+        return score >= 1.0, answer, "ok", score
+    if answer_type == "multiple_choice":
+        letter = _choice_letter(gold)
+        if letter is None:
+            return None, None, "gold_unparsable", None
+        ok = _choice_letter(answer) == letter
+    else:
+        ok = normalise_text_answer(answer) == normalise_text_answer(gold)
+    return ok, answer, "ok", float(ok)
+
+
+def _verify_one(completion: str, gold: str, answer_type: str = "math", metadata: str = "") -> tuple:
+    """Runs in a worker process (main thread): math-verify's signal timeouts are active here.
+
+    Returns the fields of a :class:`Verdict` as a tuple."""
     from math_verify import verify
 
+    if answer_type != "math" or is_text_gold(gold):
+        return _verify_text(completion, gold, "string" if answer_type == "math" else answer_type, metadata)
     try:
         gold_parsed = _parse_gold(gold)
     except Exception:
@@ -123,12 +256,13 @@ def _verify_one(completion: str, gold: str) -> tuple[bool | None, str | None, st
     return ok, answer, "ok"
 
 
-def _verify_chunk(pairs: list[tuple[str, str]]) -> list[tuple[bool | None, str | None, str]]:
-    return [_verify_one(c, g) for c, g in pairs]
+def _verify_chunk(items: list[tuple[str, str, str, str]]) -> list[tuple]:
+    return [_verify_one(*item) for item in items]
 
 
 def _worker_init() -> None:
     import math_verify  # noqa: F401  (import once per worker, ~1 s)
+    import reasoning_gym  # noqa: F401  (~2 s: import it at start-up, not inside a sample's deadline)
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     parent = os.getppid()
@@ -178,8 +312,9 @@ _POOL = _Pool()
 atexit.register(_POOL.close)
 
 
-def verify_batch(completions: list[str], golds: list[str], *, chunk_size: int = 16) -> list[Verdict]:
-    """Verify ``completions[i]`` against ``golds[i]`` for every ``i``.
+def verify_batch(completions: list[str], golds: list[str], *, answer_types: list[str] | None = None,
+                 metadata: list[str] | None = None, chunk_size: int = 16) -> list[Verdict]:
+    """Verify ``completions[i]`` against ``golds[i]`` for every ``i``, each by its ``answer_types[i]``.
 
     Safe from any thread; bounded in time: each chunk of ``chunk_size`` samples must finish
     within ``chunk_size * 2 * TIMEOUT_S + 10`` seconds of the wait starting (math-verify's own
@@ -188,18 +323,29 @@ def verify_batch(completions: list[str], golds: list[str], *, chunk_size: int = 
     Args:
         completions: model outputs (plain text).
         golds: gold answers (LaTeX or plain text), same length.
+        answer_types: per sample, one of :data:`ANSWER_TYPES` (``None``, or an empty entry: ``math``).
+        metadata: per sample, what the check needs beyond the gold (the reasoning-gym entry as
+            JSON); ``None`` or ``""`` where nothing is needed. :func:`checks_of` reads both
+            from data set rows.
 
     Returns:
         One :class:`Verdict` per completion, in order.
 
     Raises:
-        ValueError: the two lists differ in length.
+        ValueError: the lists differ in length, or an unknown answer type (before any work).
     """
-    if len(completions) != len(golds):
-        raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers; pass one gold per completion.")
+    n = len(completions)
+    answer_types = [t or "math" for t in answer_types] if answer_types is not None else ["math"] * n
+    metadata = [m or "" for m in metadata] if metadata is not None else [""] * n
+    if not len(golds) == len(answer_types) == len(metadata) == n:
+        raise ValueError(f"{n} completions but {len(golds)} gold answers, {len(answer_types)} answer types and "
+                         f"{len(metadata)} metadata entries; pass one gold per completion.")
+    unknown = sorted(set(answer_types) - set(ANSWER_TYPES))
+    if unknown:
+        raise ValueError(f"Unknown answer type(s) {unknown}; use one of {list(ANSWER_TYPES)}.")
     if not completions:
         return []
-    pairs = [(str(c), str(g)) for c, g in zip(completions, golds)]
+    pairs = [(str(c), str(g), t, str(m)) for c, g, t, m in zip(completions, golds, answer_types, metadata)]
     chunks = [pairs[i : i + chunk_size] for i in range(0, len(pairs), chunk_size)]
     pool = _POOL.get()
     try:
@@ -225,15 +371,38 @@ def verify_batch(completions: list[str], golds: list[str], *, chunk_size: int = 
     return out
 
 
-def verify_one(completion: str, gold: str) -> Verdict:
+def verify_one(completion: str, gold: str, answer_type: str = "math", metadata: str = "") -> Verdict:
     """Verify a single completion (see :func:`verify_batch`)."""
-    return verify_batch([completion], [gold])[0]
+    return verify_batch([completion], [gold], answer_types=[answer_type], metadata=[metadata])[0]
 
 
-def group_equivalent(answers: list[str | None], *, max_distinct: int = 16) -> list[int | None]:
+def checks_of(rows) -> dict[str, list[str]]:
+    """``verify_batch``'s ``answer_types`` and ``metadata`` for data set rows (dicts, a
+    DataFrame or pandas rows): their ``answer_type`` and ``metadata`` columns where present,
+    else ``math`` and nothing.
+
+    >>> checks_of([{"answer": "4"}])
+    {'answer_types': ['math'], 'metadata': ['']}
+    """
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        rows = rows.to_dict("records")
+
+    def get(row, key):
+        value = row.get(key) if hasattr(row, "get") else None
+        return value if isinstance(value, str) else ""
+
+    rows = list(rows)
+    return {"answer_types": [get(r, "answer_type") or "math" for r in rows],
+            "metadata": [get(r, "metadata") for r in rows]}
+
+
+def group_equivalent(answers: list[str | None], *, max_distinct: int = 16,
+                     answer_type: str = "math") -> list[int | None]:
     """Cluster extracted answers by verified equivalence (``0.5`` and ``\\frac{1}{2}`` share a cluster).
 
-    Distinct answer strings are compared pairwise with the verifier (each as gold against the
+    For answer types other than ``math``, answers cluster by their normalised text
+    (:func:`normalise_text_answer`; the option letter for ``multiple_choice``). For ``math``,
+    distinct answer strings are compared pairwise with the verifier (each as gold against the
     other as an ``<answer>``), and equivalent pairs are merged (union-find). Only the
     ``max_distinct`` most frequent distinct strings are compared; rarer ones keep a cluster of
     their own string. Used for cons@k's majority vote (R1's cons@64).
@@ -245,6 +414,11 @@ def group_equivalent(answers: list[str | None], *, max_distinct: int = 16) -> li
 
     # Anything but a non-empty string is "no answer" (pandas turns None into NaN, and NaN != NaN).
     answers = [a if isinstance(a, str) and a.strip() else None for a in answers]
+    if answer_type != "math":
+        key = _choice_letter if answer_type == "multiple_choice" else normalise_text_answer
+        keys = [None if a is None else (key(a) or normalise_text_answer(a)) for a in answers]
+        first_of: dict[str, int] = {}
+        return [None if k is None else first_of.setdefault(k, i) for i, k in enumerate(keys)]
     distinct = [a for a, _ in Counter(a for a in answers if a is not None).most_common()]
     compared = distinct[:max_distinct]
     parent = {a: a for a in distinct}
