@@ -205,6 +205,8 @@ class RejectionSamplingConfig(_Stage):
     top_p: float = Field(0.95, gt=0, le=1)
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_eval"
     prefill: str | None = None
+    stop_strings: list[str] = Field(default_factory=list, description='End local teachers\' samples after these '
+                                    'strings, e.g. ["</answer>"] for a GRPO policy trained with that stop string.')
     require_format: bool = Field(False, description="Keep only completions in the think/answer template.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Reject completions longer than this (tokens).")
     min_language_consistency: float | None = Field(
@@ -275,17 +277,22 @@ class EvaluateConfig(_Stage):
     """Evaluation with R1's protocol: k samples at T=0.6, top-p 0.95; pass@1 averaged over k.
     Output: the metrics."""
 
-    INPUTS: ClassVar[dict[str, str]] = {"model": "model"}
+    INPUTS: ClassVar[dict[str, str]] = {"model": "model", "heldout": "dataset"}
     OUTPUT: ClassVar[str] = "evaluation"
     type: Literal["evaluate"] = "evaluate"
     model: str = Field("sft.output", description="Model to evaluate: base, <stage>.output, or a model reference.")
+    heldout: str | None = Field(None, description="Also evaluate on the held-out problems of this curate stage "
+                                "(<stage>.output of a curate stage with procedural tasks), as benchmark 'heldout'.")
     benchmarks: list[str] = Field(default_factory=lambda: ["math500", "aime24"])
-    limit: int | None = Field(8, ge=1, description="First N problems of each benchmark (None: all).")
+    limit: int | None = Field(8, ge=1, description="First N problems of each catalog benchmark (None: all; "
+                              "the held-out set is sized by its curate stage).")
     num_samples: int = Field(2, ge=1, description="k samples per problem.")
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_eval"
+    stop_strings: list[str] = Field(default_factory=list, description='End samples after these strings, e.g. '
+                                    '["</answer>"] for a policy GRPO trained with that stop string.')
     batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     budget_forcing: BudgetForcingConfig | None = Field(
         None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
@@ -471,6 +478,7 @@ def evaluation_recipe(recipe: Recipe, model: str, stage: str | None = None,
     if "budget_forcing" in settings:
         settings["budget_forcing"] = {**(section.get("budget_forcing") or {}), **settings["budget_forcing"]}
     data = recipe.model_dump(mode="json")
+    section.pop("heldout", None)  # another stage's output: not part of a one-stage evaluation
     data["stages"] = {name: {**section, **settings, "model": model}}
     return recipe_from_dict(data, source=f"{recipe.name} (evaluation of {model})"), name
 

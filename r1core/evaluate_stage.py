@@ -18,10 +18,13 @@ from r1core.config import Recipe
 from r1core.stage_utils import finite, progress, sha, work_dir
 
 
-def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str) -> dict[str, Any]:
+def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str,
+             heldout: str | None = None) -> dict[str, Any]:
     """R1-protocol evaluation of ``model`` (a model URI or reference) on stage ``name``'s
-    benchmarks; metrics attach to the model's LoggedModel (``model_id``). With no
-    ``parent_run_id`` the evaluation is a run of its own (the ``evaluate`` flow)."""
+    benchmarks, and on the held-out problems beside data set ``heldout`` (a curate stage's
+    output URI) as benchmark ``heldout``; metrics attach to the model's LoggedModel
+    (``model_id``). With no ``parent_run_id`` the evaluation is a run of its own (the
+    ``evaluate`` flow)."""
     from r1core.evaluation import evaluate_benchmark
     from r1core.generation import SamplingParams
 
@@ -38,20 +41,20 @@ def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str) -
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=recipe.seed)
         all_metrics: dict[str, float] = {}
-        for spec in cfg.benchmarks:
-            name, _ = data.parse_spec(spec)
-            ds, _ = data.load(spec)
-            problems = ds.to_pandas()
-            if cfg.limit:
+        for spec, problems, source in _benchmarks(cfg, heldout):
+            name = spec if spec == "heldout" else data.parse_spec(spec)[0]
+            if cfg.limit and spec != "heldout":  # the held-out set is sized by its curate stage
                 problems = problems.head(cfg.limit)
-            dataset = tracking.pandas_dataset(problems, data.source_uri(spec), name, "answer")
+            dataset = tracking.pandas_dataset(problems, source, name, "answer")
             tracking.log_input(dataset, "evaluation")
             t0 = time.perf_counter()
-            key = sha(json.dumps([canonical, spec, _protocol(cfg), recipe.seed], sort_keys=True))
+            key = sha(json.dumps([canonical, spec if spec != "heldout" else source, _protocol(cfg), recipe.seed],
+                                 sort_keys=True))
             results_path = work_dir("eval") / f"{name}-{key}.jsonl"
             metrics, samples = evaluate_benchmark(lm, tok, problems, k=cfg.num_samples, params=params,
                                                   template=cfg.prompt_template, batch_size=cfg.batch_size,
-                                                  results_path=results_path, progress=progress(f"evaluate/{name}"))
+                                                  results_path=results_path, progress=progress(f"evaluate/{name}"),
+                                                  stop_strings=cfg.stop_strings)
             metrics["seconds"] = time.perf_counter() - t0
             prefixed = {f"{name}/{k}": v for k, v in finite(metrics).items()}
             tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
@@ -66,9 +69,20 @@ def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str) -
                 "deltas": comparison.deltas, "regressions": comparison.regressions}
 
 
+def _benchmarks(cfg, heldout: str | None):
+    """``(spec, problems, source)`` for each catalog benchmark, then the held-out set when given."""
+    for spec in cfg.benchmarks:
+        yield spec, data.load(spec)[0].to_pandas(), data.source_uri(spec)
+    if heldout:
+        from r1core.stages import heldout_uri
+
+        uri = heldout_uri(heldout)
+        yield "heldout", tracking.read_dataset(uri), uri
+
+
 def _protocol(cfg) -> dict:
     """The settings that decide an evaluation's samples (not which stage asked for it)."""
-    return cfg.model_dump(mode="json", exclude={"type", "model"})
+    return cfg.model_dump(mode="json", exclude={"type", "model", "heldout"})
 
 
 def _budget_sweep(recipe: Recipe, cfg, model, tok, params, canonical: str) -> dict[str, float]:

@@ -119,7 +119,7 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
 
 def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
                        template: str = "r1_eval", prefill: str | None = None, batch_size: int = 64,
-                       results_path: Path | None = None,
+                       results_path: Path | None = None, stop_strings: list[str] | None = None,
                        progress: Callable[[int, int, float], None] | None = None,
                        generate_fn: Callable = generate) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.
@@ -130,7 +130,9 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     model, benchmark and settings. ``generate_fn`` replaces plain sampling (e.g. a
     :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`). Each problem is
     checked by its ``answer_type`` (and ``metadata``) columns where present (see
-    :mod:`r1core.verify`); ``prefill`` starts the assistant turn (as GRPO's prompts do).
+    :mod:`r1core.verify`); ``prefill`` starts the assistant turn (as GRPO's prompts do), and
+    ``stop_strings`` end a sample as GRPO's ``stop_strings`` end its rollouts (a policy trained
+    to stop at ``</answer>`` otherwise writes on after it, and the last ``<answer>`` block is read).
 
     Returns:
         ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
@@ -151,7 +153,8 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
         part = todo[start : start + chunk]
         prompts = [render(tokenizer, rows.at[i, "problem"], template, prefill) for i, _ in part]
         outs = generate_fn(model, tokenizer, prompts, replace(params, seed=params.seed + start),
-                           batch_size=batch_size, on_batch=progress)
+                           batch_size=batch_size, on_batch=progress, **({"stop_strings": stop_strings}
+                                                                        if stop_strings else {}))
         verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],
                                 **checks_of(rows.iloc[[i for i, _ in part]]))
         new = [_sample_record(rows, i, j, o, v) for (i, j), o, v in zip(part, outs, verdicts)]

@@ -558,7 +558,8 @@ def in_training_evaluation(cfg, tokenizer, eval_sets, seed: int):
                             top_p=ev.top_p, seed=seed)
     template, prefill = (ev.prompt_template, None) if ev.prompt_template else (cfg.prompt_template, cfg.prefill)
     return InTrainingEvaluation(eval_sets, tokenizer, params, k=ev.num_samples, eval_steps=ev.eval_steps,
-                                template=template, prefill=prefill, batch_size=ev.batch_size)
+                                template=template, prefill=prefill, batch_size=ev.batch_size,
+                                stop_strings=cfg.stop_strings)
 
 
 def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed: int = 42,

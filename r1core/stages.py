@@ -61,6 +61,8 @@ def validate(recipe: Recipe) -> None:
         elif st.type == "evaluate":
             for spec in st.benchmarks:
                 data.check_available(spec)
+            if st.heldout is not None:
+                _check_heldout_source(recipe, f"stages.{name}.heldout", st.heldout)
         elif st.type == "grpo":
             get_rewards(st.rewards, st.reward_args)
             _check_grpo_eval(recipe, name)
@@ -84,12 +86,19 @@ def _check_grpo_eval(recipe: Recipe, name: str) -> None:
         if spec != HELDOUT:
             data.check_available(spec)
             continue
-        source = recipe.stages.get(upstream(recipe.stages[name].data) or "")
-        if source is None or source.type != "curate" or source.reasoning_gym is None or not source.reasoning_gym.heldout_size:
-            raise ValueError(f"stages.{name}.eval.benchmarks names 'heldout', but stages.{name}.data "
-                             f"({recipe.stages[name].data}) is not a curate stage with procedural tasks and a held-out "
-                             "set: curate with dataset: reasoning_gym (and reasoning_gym.heldout_size > 0), or name "
-                             "catalog benchmarks such as math500.")
+        _check_heldout_source(recipe, f"stages.{name}.eval.benchmarks names 'heldout', but stages.{name}.data",
+                              recipe.stages[name].data)
+
+
+def _check_heldout_source(recipe: Recipe, what: str, ref: str) -> None:
+    """``ref`` must be the output of a curate stage that writes a held-out set (procedural tasks)."""
+    from r1core.graph import upstream
+
+    source = recipe.stages.get(upstream(ref) or "")
+    if source is None or source.type != "curate" or source.reasoning_gym is None or not source.reasoning_gym.heldout_size:
+        raise ValueError(f"{what} ({ref}) is not a curate stage with procedural tasks and a held-out set: curate with "
+                         "dataset: reasoning_gym (and reasoning_gym.heldout_size > 0), or name catalog benchmarks "
+                         "such as math500.")
 
 
 #: The name ``grpo.eval.benchmarks`` uses for the held-out problems of the curate stage feeding the GRPO stage.
@@ -341,7 +350,8 @@ def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str,
         mlflow.set_tags({"r1.teacher": teacher_obj.id, "r1.prompts": dataset_uri})
         mlflow.log_params({f"rejection.{k}": v for k, v in _loggable(cfg.model_dump()).items()})
         settings = cfg.model_dump(mode="json", include={"num_samples", "max_new_tokens", "temperature", "top_p",
-                                                         "prompt_template", "prefill", "shard_size"})
+                                                         "prompt_template", "prefill", "shard_size",
+                                                         "stop_strings"})
         folder = work_dir("rejection", sha(json.dumps([teacher_obj.id, dataset_uri, cfg.num_problems, settings,
                                                        recipe.seed], sort_keys=True)))
         t0 = time.perf_counter()

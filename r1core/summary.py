@@ -19,11 +19,22 @@ HEADLINE = {
            for k in ("accuracy", "format", "tag_count") if k + "_first" in o]) or "trained",
     "rejection_sampling": lambda o: f"{o['num_kept']} traces kept, teacher acceptance {o['acceptance_rate']:.1%}",
     "sft": lambda o: f"loss {o.get('loss_first', float('nan')):.3f}->{o.get('loss_last', float('nan')):.3f}",
-    "evaluate": lambda o: ", ".join(f"{k} {v:.3f}" for k, v in o["metrics"].items()
-                                    if k.count("/") == 1 and k.split("/")[1].startswith(("pass@1", "cons@"))
-                                    and not k.endswith("_stderr")),
+    "evaluate": lambda o: _evaluation_headline(o["metrics"]),
     "register": lambda o: f"{o['name']} v{o['version']} {o['aliases']}",
 }
+
+
+def _evaluation_headline(metrics: dict[str, float]) -> str:
+    """pass@1 and cons@k per benchmark; a benchmark where every pass@1 is 0 says why, in a word."""
+    shown = {k: v for k, v in metrics.items() if k.count("/") == 1
+             and k.split("/")[1].startswith(("pass@1", "cons@")) and not k.endswith("_stderr")}
+    parts = []
+    for bench in dict.fromkeys(k.split("/")[0] for k in shown):
+        text = ", ".join(f"{k} {v:.3f}" for k, v in shown.items() if k.startswith(bench + "/"))
+        if all(v == 0 for k, v in shown.items() if k.startswith(bench + "/")):
+            text += " (too hard for this model" + ("; heldout shows the gain)" if "heldout/pass@1" in shown else ")")
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def headline_evaluation(recipe: Recipe) -> str | None:

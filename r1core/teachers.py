@@ -66,9 +66,11 @@ class LocalTeacher:
     """A transformers model in this process; prompts rendered with its chat template and the
     recipe's ``prompt_template`` and ``prefill``; ``batch_size`` sequences per ``generate`` call."""
 
-    def __init__(self, model, tokenizer, ref: str, *, template: str, prefill: str | None, batch_size: int = 64):
+    def __init__(self, model, tokenizer, ref: str, *, template: str, prefill: str | None, batch_size: int = 64,
+                 stop_strings: list[str] | None = None):
         self.model, self.tokenizer, self.id = model, tokenizer, ref
         self.template, self.prefill, self.batch_size = template, prefill, batch_size
+        self.stop_strings = list(stop_strings or [])
         self.on_batch = None  # progress callback (done, total, tokens_per_s) per generate batch
 
     def sample(self, problems: list[str], k: int, params: SamplingParams) -> Iterator[tuple[int, list[TeacherSample]]]:
@@ -81,7 +83,7 @@ class LocalTeacher:
             prompts = [render(self.tokenizer, p, self.template, self.prefill) for p in chunk for _ in range(k)]
             outs = generate(self.model, self.tokenizer, prompts, SamplingParams(
                 params.max_new_tokens, params.temperature, params.top_p, params.seed + start),
-                batch_size=self.batch_size, on_batch=self.on_batch)
+                batch_size=self.batch_size, on_batch=self.on_batch, stop_strings=self.stop_strings or None)
             for j in range(len(chunk)):
                 yield start + j, [TeacherSample(response_text(prompts[j * k + s], o.text), o.num_tokens, o.truncated)
                                   for s, o in enumerate(outs[j * k : (j + 1) * k])]
@@ -94,12 +96,14 @@ class VLLMTeacher:
     """vLLM's offline engine (``vllm.LLM``) over a local checkpoint or hub id; ``n=k`` samples per
     prompt in one call per ``chunk`` problems. Only on CUDA with ``vllm`` installed."""
 
-    def __init__(self, path: str, ref: str, *, template: str, prefill: str | None, chunk: int = 512):
+    def __init__(self, path: str, ref: str, *, template: str, prefill: str | None, chunk: int = 512,
+                 stop_strings: list[str] | None = None):
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.llm, self.tokenizer, self.id = LLM(model=path), AutoTokenizer.from_pretrained(path), ref
         self.template, self.prefill, self.chunk = template, prefill, chunk
+        self.stop_strings = list(stop_strings or [])
 
     def sample(self, problems: list[str], k: int, params: SamplingParams) -> Iterator[tuple[int, list[TeacherSample]]]:
         from vllm import SamplingParams as VParams
@@ -109,7 +113,8 @@ class VLLMTeacher:
         for start in range(0, len(problems), self.chunk):
             prompts = [render(self.tokenizer, p, self.template, self.prefill) for p in problems[start : start + self.chunk]]
             vp = VParams(n=k, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-                         seed=params.seed + start)
+                         seed=params.seed + start, stop=self.stop_strings or None,
+                         include_stop_str_in_output=True)
             for j, out in enumerate(self.llm.generate(prompts, vp)):
                 yield start + j, [TeacherSample(response_text(prompts[j], c.text), len(c.token_ids),
                                                 c.finish_reason == "length") for c in out.outputs]
@@ -237,7 +242,7 @@ def build_teacher(cfg, teacher_ref: str | None, *, base_model: str) -> Teacher:
 
     if cfg.engine == "vllm" or (cfg.engine == "auto" and vllm_available()):
         return VLLMTeacher(models.resolve_model(teacher_ref).path, teacher_ref, template=cfg.prompt_template,
-                           prefill=cfg.prefill)
+                           prefill=cfg.prefill, stop_strings=cfg.stop_strings)
     model, tok = models.load_model_and_tokenizer(teacher_ref, for_inference=True)
     return LocalTeacher(model, tok, teacher_ref, template=cfg.prompt_template, prefill=cfg.prefill,
-                        batch_size=cfg.batch_size)
+                        batch_size=cfg.batch_size, stop_strings=cfg.stop_strings)

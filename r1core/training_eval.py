@@ -49,6 +49,7 @@ class EvalPoint:
     mean_completion_tokens: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    per_problem: dict[str, float] = field(default_factory=dict)  # problem id -> pass@1 over its k samples
 
 
 class InTrainingEvaluation(TrainerCallback):
@@ -62,11 +63,13 @@ class InTrainingEvaluation(TrainerCallback):
         eval_steps: evaluate every this many optimizer steps.
         template, prefill: how problems are posed (GRPO's own, by default).
         batch_size: sequences decoded together.
+        stop_strings: end samples at these strings (GRPO's own, by default: the protocol the policy is trained in).
     """
 
     def __init__(self, sets: list[EvalSet], tokenizer, params: SamplingParams, *, k: int, eval_steps: int,
-                 template: str, prefill: str | None, batch_size: int = 64):
+                 template: str, prefill: str | None, batch_size: int = 64, stop_strings: list[str] | None = None):
         self.sets, self.tokenizer, self.params, self.k = sets, tokenizer, params, k
+        self.stop_strings = list(stop_strings or [])
         self.eval_steps, self.template, self.prefill, self.batch_size = eval_steps, template, prefill, batch_size
         self.history: dict[str, list[EvalPoint]] = {s.name: [] for s in sets}
 
@@ -81,9 +84,11 @@ class InTrainingEvaluation(TrainerCallback):
                 t0 = time.perf_counter()
                 metrics, samples = evaluate_benchmark(model, self.tokenizer, s.problems, k=self.k, params=self.params,
                                                       template=self.template, prefill=self.prefill,
-                                                      batch_size=self.batch_size)
+                                                      batch_size=self.batch_size, stop_strings=self.stop_strings)
+                valid = samples[samples["correct"].notna()]
+                per_problem = valid.groupby("id")["correct"].mean().astype(float).to_dict()
                 point = EvalPoint(step, metrics["pass@1"], metrics["pass@1_stderr"],
-                                  metrics["mean_completion_tokens"], time.perf_counter() - t0, metrics)
+                                  metrics["mean_completion_tokens"], time.perf_counter() - t0, metrics, per_problem)
                 self.history[s.name].append(point)
                 logger.info("eval at step %d: %s pass@1 %.3f +- %.3f (%.0f s)", step, s.name, point.pass_at_1,
                             point.stderr, point.seconds)
@@ -115,11 +120,20 @@ class InTrainingEvaluation(TrainerCallback):
             self.evaluate(model, state.global_step)
 
     def summary(self) -> dict[str, float]:
-        """``eval/<set>/pass@1_first`` / ``_last`` (and their stderr) over the recorded points."""
+        """``eval/<set>/pass@1_first`` / ``_last`` (and their stderr) over the recorded points, and
+        the gain ``eval/<set>/pass@1_gain`` with its paired standard error (the same problems at
+        both steps: the standard error of the per-problem differences), ``..._gain_stderr``."""
         out: dict[str, float] = {}
         for name, points in self.history.items():
             if points:
                 first, last = points[0], points[-1]
+                common = sorted(set(first.per_problem) & set(last.per_problem))
+                diffs = [last.per_problem[i] - first.per_problem[i] for i in common]
+                if len(diffs) > 1:
+                    mean = sum(diffs) / len(diffs)
+                    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+                    out[f"eval/{name}/pass@1_gain"] = mean
+                    out[f"eval/{name}/pass@1_gain_stderr"] = math.sqrt(var / len(diffs))
                 out.update({f"eval/{name}/pass@1_first": first.pass_at_1, f"eval/{name}/pass@1_last": last.pass_at_1,
                             f"eval/{name}/pass@1_stderr_first": first.stderr,
                             f"eval/{name}/pass@1_stderr_last": last.stderr,

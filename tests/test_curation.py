@@ -28,7 +28,9 @@ def test_ngrams_normalise_case_and_punctuation():
 
 
 def test_unparsable_gold_answers_are_found():
-    assert curation.parsable_gold(["42", "\\frac{1}{2}", "", "(1, 2)"]) == [True, True, False, True]
+    rows = pd.DataFrame({"answer": ["42", "\\frac{1}{2}", "", "(1, 2)", "Evelyn", ""],
+                         "answer_type": ["math"] * 5 + ["string"]})
+    assert curation.parsable_gold(rows) == [True, True, False, True, True, False]
 
 
 def test_stratified_sample_spreads_across_subjects(data_dir):

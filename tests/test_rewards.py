@@ -119,6 +119,35 @@ def test_repetition_reward():
         RepetitionReward(max_penalty=0.5)
 
 
+def test_repetition_counts_token_ngrams_when_trl_passes_ids():
+    """Text without spaces (Chinese) is one "word"; its token n-grams still show the loop."""
+    r = RepetitionReward(ngram_size=2, max_penalty=-1.0)
+    loop = "好的好的好的好的好的好的"
+    assert r([loop]) == [0.0]                                       # one word: nothing to count
+    assert r([loop], completion_ids=[[7, 8] * 6]) == [pytest.approx(-(1 - 2 / 11))]
+    assert r(["a b c d"], completion_ids=[[1, 2, 3, 4]]) == [0.0]
+
+
+def test_length_and_cosine_skip_samples_whose_gold_is_unparsable():
+    """TRL skips ``None``; scoring such samples as wrong would reward longer completions on bad rows."""
+    comps = ["\\boxed{4}", "\\boxed{4}", "\\boxed{4}"]
+    ids = [[0] * 10, [0] * 30, [0] * 20]
+    length = LengthReward()(comps, answer=["4", "4", ""], prompts=["p"] * 3, completion_ids=ids)
+    assert length[2] is None and length[:2] == [pytest.approx(0.5), pytest.approx(-0.5)]  # range from parsable ones
+    cosine = CosineReward(max_len=100)(comps, answer=["4", "", "4"], completion_ids=ids)
+    assert cosine[1] is None and cosine[0] > 0.5 and cosine[2] > 0.5
+
+
+def test_accuracy_reward_reads_the_rows_answer_type():
+    import json
+
+    entry = json.dumps({"question": "q", "answer": "7", "metadata": {"source_dataset": "chain_sum"}})
+    out = AccuracyReward()(["<answer>7</answer>", "<answer>on</answer>", "<answer>no</answer>"],
+                           answer=["7", "no", "no"], answer_type=["reasoning_gym", "math", "string"],
+                           metadata=[entry, "", ""])
+    assert out == [1.0, 0.0, 1.0]
+
+
 @pytest.mark.parametrize("n,expected", [(0, 0.0), (6, 0.0), (7, -0.25), (8, -0.5), (10, -1.0), (11, -1.0)])
 def test_soft_overlong_reward_dapo_eq13(n, expected):
     assert SoftOverlongReward(max_len=10, cache_len=4)(["x"], completion_ids=[[0] * n]) == [pytest.approx(expected)]

@@ -96,3 +96,71 @@ def test_missed_deadline_scores_timeout_and_the_pool_recovers(monkeypatch):
     assert [(v.correct, v.status) for v in verdicts] == [(False, "timeout")] * 3
     monkeypatch.undo()
     assert verify_one("\\boxed{4}", "4").correct is True   # the stuck pool was replaced
+
+
+# Word and sentence golds (cases others' tests found): math-verify would read them as products of
+# symbols, so anagrams verified. They are matched as strings now.
+@pytest.mark.parametrize("completion,gold", [("<answer>on</answer>", "no"), ("<answer>nEvely</answer>", "Evelyn"),
+                                             ("<answer>three forty</answer>", "forty three"),
+                                             ("\\boxed{\\text{veEnly}}", "\\text{Evelyn}")])
+def test_word_golds_do_not_accept_anagrams(completion, gold):
+    v = verify_one(completion, gold)
+    assert v.correct is False and v.status == "ok", v
+
+
+@pytest.mark.parametrize("completion,gold", [("<answer>No</answer>", "no"), ("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}"),
+                                             ("<answer> Forty three. </answer>", "forty three")])
+def test_word_golds_match_the_same_words(completion, gold):
+    assert verify_one(completion, gold).correct is True
+
+
+def test_answer_types_string_and_multiple_choice():
+    assert verify_one("<answer>Paris</answer>", "paris", "string").correct is True
+    assert verify_one("<answer>Lyon</answer>", "paris", "string").correct is False
+    assert verify_one("<answer>  </answer>", "", "string").status == "gold_unparsable"
+    assert verify_one("so the answer is \\boxed{(B)}", "B", "multiple_choice").correct is True
+    assert verify_one("<answer>C) 12</answer>", "(b)", "multiple_choice").correct is False
+    with pytest.raises(ValueError, match="Unknown answer type"):
+        verify_batch(["x"], ["1"], answer_types=["chemistry"])
+
+
+def test_reasoning_gym_rows_use_the_tasks_own_scorer():
+    import json
+
+    entry = json.dumps({"question": "3 + 4 =", "answer": "7", "metadata": {"source_dataset": "chain_sum"}})
+    assert verify_one("<think>3 + 4 = 7</think><answer>7</answer>", "7", "reasoning_gym", entry).correct is True
+    assert verify_one("<answer>+07.00</answer>", "7", "reasoning_gym", entry).correct is True  # the task's tolerance
+    assert verify_one("<answer>8</answer>", "7", "reasoning_gym", entry).correct is False
+    assert verify_one("3 + 4 = 7", "7", "reasoning_gym", entry).answer == "7"      # no tag: last expression
+    words = json.dumps({"question": "q", "answer": "cat", "metadata": {"source_dataset": "spell_backward"}})
+    assert verify_one("<answer>cat</answer>", "cat", "reasoning_gym", words).score == 1.0
+    assert verify_one("<answer>x</answer>", "7", "reasoning_gym", "").status == "gold_unparsable"
+
+
+def test_many_unclosed_answer_tags_are_checked_in_linear_time():
+    import time
+
+    hostile = "<answer>" * 25_000 + "7"                 # 200 KB: the old regex took quadratic time (hung)
+    neighbours = [f"<answer>{i}</answer>" for i in range(15)]
+    t0 = time.perf_counter()
+    verdicts = verify_batch([hostile, *neighbours], ["7", *[str(i) for i in range(15)]])
+    assert time.perf_counter() - t0 < 30
+    assert verdicts[0].status != "timeout" and all(v.correct for v in verdicts[1:])
+
+
+def test_cons_at_k_groups_string_answers_by_normalised_text():
+    from r1core.verify import group_equivalent
+
+    assert group_equivalent(["Yes", "yes.", "no", None], answer_type="string") == [0, 0, 2, None]
+    assert group_equivalent(["(A)", "A", "B"], answer_type="multiple_choice") == [0, 0, 2]
+
+
+def test_every_math500_gold_solution_verifies_against_its_answer(data_dir):
+    """No regression from the per-domain checks: all 500 worked solutions (each ends in \\boxed{})
+    verify against MATH-500's gold answers, word answers such as \\text{Evelyn} included."""
+    from r1core import data
+
+    rows = data.load("math500")[0].to_pandas()
+    verdicts = verify_batch(list(rows["solution"]), list(rows["answer"]))
+    wrong = [(a, v) for a, v in zip(rows["answer"], verdicts) if not v.correct]
+    assert not wrong, wrong[:5]

@@ -53,6 +53,10 @@ def shrink_recipe(recipe: dict, model_dir: Path, name: str) -> dict:
             ref = section.get(key)
             if ref and ref != "base" and not ref.endswith(".output"):
                 section[key] = str(model_dir)
+        if stype == "curate" and section.get("reasoning_gym"):
+            section["reasoning_gym"].update(size=200, heldout_size=4)
+        if stype == "grpo" and section.get("eval"):
+            section["eval"].update(limit=2, num_samples=2)
         if stype == "curate" and section.get("pass_rate"):
             section["pass_rate"].update(num_samples=2, max_new_tokens=4, candidates=8, model="base")
         if stype == "evaluate" and section.get("budget_forcing"):
