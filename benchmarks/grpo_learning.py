@@ -47,7 +47,7 @@ def plot(curves: dict[str, list[tuple[int, float, float]]], path: Path, title: s
         ax.fill_between(steps, [a - b for a, b in zip(p1, se)], [a + b for a, b in zip(p1, se)], alpha=0.2)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("pass@1 (k samples, T=0.6)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["target_met"] = bool(result.get("heldout_gain", 0) >= 0.15 and result.get("heldout_gain_in_stderrs", 0) >= 3
                                 and result["steps"] <= 60 and result["heldout_problems"] >= 64 and result["k"] >= 4
                                 and seconds <= 45 * 60)
-    plot(curves, CURVE, f"R1-Zero on {', '.join(t.name for t in tasks)}: SmolLM2-135M, 2-core CPU")
+    plot(curves, CURVE, f"R1-Zero on {recipe.model}, 2-core CPU\nheld-out {' + '.join(t.name for t in tasks)}")
     return write_result(RESULTS, result)
 
 

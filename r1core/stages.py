@@ -395,6 +395,10 @@ def sft(recipe: Recipe, name: str, parent_run_id: str, data: str, student: str) 
     traces_uri, student_uri = data, student
     with _stage_run(recipe, name, parent_run_id) as run:
         traces = tracking.read_dataset(traces_uri)
+        if traces.empty:
+            raise ValueError(f"stages.{name}: {traces_uri} holds no traces (the teacher kept none). Sample more "
+                             "(rejection_sampling.num_samples, num_problems), use a stronger teacher, or set "
+                             "rejection_sampling.fallback: reference where the problems have worked solutions.")
         model_obj, tok = models.load_model_and_tokenizer(student_uri)
         if "completion" in traces:
             tracking.log_input(tracking.pandas_dataset(traces, traces_uri, "sft_traces"), "training")

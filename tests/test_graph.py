@@ -68,7 +68,9 @@ def test_evaluation_recipe_takes_the_protocol_of_the_evaluate_stage():
         evaluation_recipe(r, "x", stage="sft")
 
 
-CPU_RECIPES = ["r1_zero", "r1", "distill", "s1", "quickstart"]
+# quickstart's graph is checked in test_learning_signals: its rejection sampling needs a teacher that
+# solves some problems (procedural rows have no worked solutions to fall back on), which a random model is not.
+CPU_RECIPES = ["r1_zero", "r1", "distill", "s1"]
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +100,6 @@ def test_shipped_recipe_runs_every_stage_as_a_nested_run(shipped_runs, name):
         {n: s.type for n, s in recipe.stages.items()}
     assert all(c.info.status == "FINISHED" for c in children)
     assert "math500/pass_at_1" in parent.data.metrics
-    if recipe.stages["curate"].reasoning_gym is not None:  # procedural tasks: held-out set evaluated too
-        assert "heldout/pass_at_1" in parent.data.metrics
-        grpo = next(c for c in children if c.data.tags["r1.stage"] == "grpo")
-        assert "eval/heldout/pass_at_1" in grpo.data.metrics
 
 
 def test_r1_lineage_walks_back_through_every_stage_to_the_data(shipped_runs):

@@ -88,3 +88,29 @@ def test_grpo_evaluates_during_training_and_logs_the_r1_figures(tiny_model_dir):
     inputs = {(d.dataset.name, d.tags[0].value) for d in client.get_run(out["run_id"]).inputs.dataset_inputs}
     assert ("heldout", "evaluation") in inputs and ("math500", "evaluation") in inputs
     assert out["eval/heldout/step_first"] == 0 and out["eval/heldout/step_last"] == 3
+
+    # the evaluate stage takes the curate stage's held-out set as a benchmark (quickstart's evaluate stage)
+    ev = recipe_from_dict({**recipe.model_dump(mode="json"), "stages": {
+        **recipe.model_dump(mode="json")["stages"],
+        "evaluate": {"model": "grpo.output", "heldout": "curate.output", "benchmarks": ["math500"], "limit": 2,
+                     "num_samples": 2, "max_new_tokens": 4, "stop_strings": ["</answer>"]}}})
+    result = stages.evaluate(ev, "evaluate", parent, model=out["model_uri"], heldout=cur["dataset_uri"])
+    assert result["metrics"]["heldout/num_problems"] == 16 and result["metrics"]["math500/num_problems"] == 2
+    assert 0.0 <= result["metrics"]["heldout/pass@1"] <= 1.0
+
+
+def test_sft_on_an_empty_trace_set_fails_with_the_fix(tiny_model_dir, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from r1core import tracking
+
+    recipe = recipe_from_dict({"name": "empty-traces", "model": str(tiny_model_dir), "stages": {
+        "sft": {"data": "rejection_sampling.output"}, "rejection_sampling": {"teacher": "base"},
+        "curate": {}}})
+    parent = stages.start_pipeline(recipe)
+    with tracking.stage_run(parent, "rejection_sampling"):
+        uri, _ = tracking.log_dataset(pd.DataFrame(), "sft_traces", "generated")
+    with pytest.raises(ValueError, match="holds no traces"):
+        stages.sft(recipe, "sft", parent, data=uri, student=str(tiny_model_dir))
+    assert mlflow.active_run() is None
