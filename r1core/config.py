@@ -99,7 +99,8 @@ class CurateConfig(_Stage):
     )
     max_problem_chars: int | None = Field(None, ge=1, description="Drop problems longer than this (characters).")
     ngram: int = Field(8, ge=1, description="Decontamination n-gram size in words (open-r1 uses 8).")
-    drop_unparsable_gold: bool = Field(True, description="Drop rows whose gold answer math-verify cannot parse.")
+    drop_unparsable_gold: bool = Field(True, description="Drop rows whose gold answer the verifier cannot check "
+                                       "by its answer type (r1core.verify: gold_unparsable).")
     stratify_by: Literal["subject", "source", "level"] | None = Field(
         None, description="Sample evenly across this column instead of uniformly.")
     pass_rate: PassRateFilter | None = Field(None, description="Keep problems a reference model solves at a rate in a band.")

@@ -149,6 +149,7 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     ids = [str(i) for i in rows["id"]]
     todo = [(i, j) for i in range(len(rows)) for j in range(k) if (ids[i], j) not in done]
     chunk = max(batch_size * 4, 1)
+    checks = checks_of(rows)  # per problem: how its answer is checked
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         prompts = [render(tokenizer, rows.at[i, "problem"], template, prefill) for i, _ in part]
@@ -156,8 +157,9 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
                            batch_size=batch_size, on_batch=progress, **({"stop_strings": stop_strings}
                                                                         if stop_strings else {}))
         verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],
-                                **checks_of(rows.iloc[[i for i, _ in part]]))
-        new = [_sample_record(rows, i, j, o, v) for (i, j), o, v in zip(part, outs, verdicts)]
+                                answer_types=[checks["answer_types"][i] for i, _ in part],
+                                metadata=[checks["metadata"][i] for i, _ in part])
+        new = [_sample_record(rows, i, j, o, v, checks["answer_types"][i]) for (i, j), o, v in zip(part, outs, verdicts)]
         for rec in new:
             done[(rec["id"], rec["sample"])] = rec
         if results_path is not None:
@@ -168,11 +170,11 @@ def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, para
     return {**score(samples, k), **breakdown(samples)}, samples
 
 
-def _sample_record(rows: pd.DataFrame, i: int, j: int, out, verdict) -> dict:
+def _sample_record(rows: pd.DataFrame, i: int, j: int, out, verdict, answer_type: str) -> dict:
     return {"id": str(rows.at[i, "id"]), "sample": j,
             "subject": str(rows.at[i, "subject"]) if "subject" in rows else "",
             "level": int(rows.at[i, "level"] or 0) if "level" in rows else 0,
             "answer": str(rows.at[i, "answer"]), "extracted": verdict.answer, "correct": verdict.correct,
-            "answer_type": checks_of(rows.iloc[[i]])["answer_types"][0], "score": verdict.score,
+            "answer_type": answer_type, "score": verdict.score,
             "verifier_status": verdict.status, "num_tokens": out.num_tokens, "truncated": out.truncated,
             "completion": out.text}

@@ -77,8 +77,6 @@ def validate(recipe: Recipe) -> None:
 def _check_grpo_eval(recipe: Recipe, name: str) -> None:
     """A GRPO stage's in-training evaluation must name benchmarks that exist: catalog benchmarks
     in the mirror, and ``heldout`` only when ``grpo.data`` is a curate stage with procedural tasks."""
-    from r1core.graph import upstream
-
     ev = recipe.stages[name].eval
     if ev is None:
         return

@@ -11,17 +11,22 @@ from r1core.config import Recipe
 
 HEADLINE = {
     "curate": lambda o: f"{o['num_problems']} problems",
-    "grpo": lambda o: ", ".join(
-        [f"{k.split('/')[1]} pass@1 {o[k]:.2f}->{o[k.replace('_first', '_last')]:.2f} (steps "
-         f"{o[k.replace('pass@1_first', 'step_first')]:.0f}->{o[k.replace('pass@1_first', 'step_last')]:.0f})"
-         for k in o if k.startswith("eval/") and k.endswith("/pass@1_first")]
-        + [f"{k} {o[k + '_first']:.2f}->{o[k + '_last']:.2f}"
-           for k in ("accuracy", "format", "tag_count") if k + "_first" in o]) or "trained",
+    "grpo": lambda o: _grpo_headline(o),
     "rejection_sampling": lambda o: f"{o['num_kept']} traces kept, teacher acceptance {o['acceptance_rate']:.1%}",
     "sft": lambda o: f"loss {o.get('loss_first', float('nan')):.3f}->{o.get('loss_last', float('nan')):.3f}",
     "evaluate": lambda o: _evaluation_headline(o["metrics"]),
     "register": lambda o: f"{o['name']} v{o['version']} {o['aliases']}",
 }
+
+
+def _grpo_headline(o: dict) -> str:
+    """Each in-training evaluation set's pass@1 first -> last (with the steps), then the rewards first -> last."""
+    sets = [k.split("/")[1] for k in o if k.startswith("eval/") and k.endswith("/pass@1_first")]
+    parts = [f"{s} pass@1 {o[f'eval/{s}/pass@1_first']:.2f}->{o[f'eval/{s}/pass@1_last']:.2f} "
+             f"(steps {o[f'eval/{s}/step_first']:.0f}->{o[f'eval/{s}/step_last']:.0f})" for s in sets]
+    parts += [f"{k} {o[k + '_first']:.2f}->{o[k + '_last']:.2f}" for k in ("accuracy", "format", "tag_count")
+              if k + "_first" in o]
+    return ", ".join(parts) or "trained"
 
 
 def _evaluation_headline(metrics: dict[str, float]) -> str:

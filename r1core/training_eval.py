@@ -48,7 +48,6 @@ class EvalPoint:
     stderr: float
     mean_completion_tokens: float
     seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)
     per_problem: dict[str, float] = field(default_factory=dict)  # problem id -> pass@1 over its k samples
 
 
@@ -88,7 +87,7 @@ class InTrainingEvaluation(TrainerCallback):
                 valid = samples[samples["correct"].notna()]
                 per_problem = valid.groupby("id")["correct"].mean().astype(float).to_dict()
                 point = EvalPoint(step, metrics["pass@1"], metrics["pass@1_stderr"],
-                                  metrics["mean_completion_tokens"], time.perf_counter() - t0, metrics, per_problem)
+                                  metrics["mean_completion_tokens"], time.perf_counter() - t0, per_problem)
                 self.history[s.name].append(point)
                 logger.info("eval at step %d: %s pass@1 %.3f +- %.3f (%.0f s)", step, s.name, point.pass_at_1,
                             point.stderr, point.seconds)
