@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     parent = stages.start_pipeline(recipe)
     base = stages.base_model(recipe)
-    cur = stages.curate(recipe, "curate", parent)
-    out = stages.grpo(recipe, "grpo", parent, data=cur["dataset_uri"], model=base["model_uri"])
+    cur = stages.run_stage(recipe, "curate", parent)
+    out = stages.run_stage(recipe, "grpo", parent, data=cur["dataset_uri"], model=base["model_uri"])
     seconds = time.perf_counter() - t0
     client = MlflowClient()
     tasks = recipe.stages["curate"].reasoning_gym.tasks

@@ -24,6 +24,7 @@ from r1core import data
 from r1core.evaluation import evaluate_benchmark
 from r1core.generation import SamplingParams
 from r1core.models import load_model_and_tokenizer
+from r1core.sampling import EngineSampler
 from r1core.settings import configure_environment, state_dir
 
 RESULTS = Path(__file__).parent / "results" / "math500_pass.json"
@@ -57,9 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  batch {done}/{total} at {tps:.1f} tokens/s", flush=True)
 
     t0, c0 = time.perf_counter(), time.process_time()
+    sampler = EngineSampler(model, tok, "smollm2-135m-instruct", batch_size=args.batch_size)
+    sampler.on_batch = progress
     metrics, samples = evaluate_benchmark(
-        model, tok, problems, k=1, params=SamplingParams(max_new_tokens=args.max_new_tokens, seed=0),
-        batch_size=args.batch_size, results_path=path, progress=progress)
+        sampler, problems, k=1, params=SamplingParams(max_new_tokens=args.max_new_tokens, seed=0), results_path=path)
     seconds = time.perf_counter() - t0 + sum(spent)
     cpu_seconds = time.process_time() - c0  # this run only; all threads
     result = {"problems": len(problems), "k": 1, "max_new_tokens": args.max_new_tokens,

@@ -4,7 +4,7 @@
 
 Deployments:
 - ``r1-pipeline/r1-pipeline``: the whole recipe; Run from the UI with a recipe path and overrides.
-- ``curate/curate``, ``grpo/grpo``, ``distill/distill``: a recipe's stages of that kind and the
+- ``r1-pipeline/curate``, ``r1-pipeline/grpo``, ``r1-pipeline/distill``: the pipeline flow with ``targets``: a recipe's stages of that kind and the
   stages they need (completed ones come from the cache).
 - ``evaluate/evaluate``: R1-protocol evaluation of any model URI.
 - ``nightly-eval/nightly-eval``: evaluates the registry's ``champion`` and ``challenger`` every
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import os
 
-from r1core.settings import configure_environment
+from prefect import serve
 
-configure_environment()
-
-from prefect import serve  # noqa: E402
-
-from flows.evaluate import evaluate  # noqa: E402
-from flows.nightly import nightly_eval  # noqa: E402
-from flows.pipeline import curate, distill, grpo, r1_pipeline  # noqa: E402
-from flows.promote import promote  # noqa: E402
+from flows.evaluate import evaluate
+from flows.nightly import nightly_eval
+from flows.pipeline import r1_pipeline
+from flows.promote import promote
 
 NIGHTLY_CRON = os.environ.get("R1_NIGHTLY_CRON", "0 2 * * *")
 
@@ -36,12 +32,13 @@ def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-q
     return [
         r1_pipeline.to_deployment(name="r1-pipeline", parameters={"recipe": recipe},
                                   description="The R1 recipe end to end.", tags=["r1"]),
-        curate.to_deployment(name="curate", parameters={"recipe": recipe},
-                             description="The recipe's curated data set.", tags=["r1"]),
-        grpo.to_deployment(name="grpo", parameters={"recipe": recipe},
-                           description="The recipe's GRPO stages (and what they need).", tags=["r1"]),
-        distill.to_deployment(name="distill", parameters={"recipe": "recipes/distill.yaml"},
-                              description="Teacher traces (rejection sampling) -> student SFT.", tags=["r1"]),
+        r1_pipeline.to_deployment(name="curate", parameters={"recipe": recipe, "targets": ["curate"]},
+                                  description="The recipe's curated data set.", tags=["r1"]),
+        r1_pipeline.to_deployment(name="grpo", parameters={"recipe": recipe, "targets": ["grpo"]},
+                                  description="The recipe's GRPO stages (and what they need).", tags=["r1"]),
+        r1_pipeline.to_deployment(name="distill", parameters={"recipe": "recipes/distill.yaml",
+                                                              "targets": ["rejection_sampling", "sft"]},
+                                  description="Teacher traces (rejection sampling) -> student SFT.", tags=["r1"]),
         evaluate.to_deployment(name="evaluate", parameters={"recipe": recipe},
                                description="R1-protocol evaluation of a model URI.", tags=["r1"]),
         nightly_eval.to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,

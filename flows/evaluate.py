@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from r1core.settings import configure_environment
+from prefect import flow
+from pydantic import Field
 
-configure_environment()
-
-from prefect import flow  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-import tasks  # noqa: E402
-from r1core.config import evaluation_recipe, load_recipe  # noqa: E402
+from r1core.config import evaluation_recipe, load_recipe
+from tasks import stages as stage_tasks
 
 
 @flow(name="evaluate")
@@ -48,4 +44,4 @@ def evaluate(
         settings["budget_forcing"] = {k: v for k, v in [("max_thinking_tokens", budgets), ("num_waits", num_waits)]
                                       if v is not None}
     cfg, name = evaluation_recipe(load_recipe(recipe, overrides), model, stage, settings)
-    return tasks.evaluate.with_options(refresh_cache=True)(cfg.to_json(), name, None, {"model": model})
+    return stage_tasks.evaluate.with_options(refresh_cache=True)(cfg.to_json(), name, None, {})

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from r1core.settings import configure_environment
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed
+from pydantic import Field
 
-configure_environment()
-
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.states import Completed, Failed  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-import tasks  # noqa: E402
-from r1core.config import evaluation_recipe, load_recipe  # noqa: E402
-from r1core.nightly import report  # noqa: E402
+from r1core.config import evaluation_recipe, load_recipe
+from r1core.nightly import report
+from tasks import stages as stage_tasks
 
 
 @flow(name="nightly-eval")
@@ -41,8 +37,8 @@ def nightly_eval(
     for alias in aliases:
         uri = f"models:/{model_name}@{alias}"
         ev, stage = evaluation_recipe(cfg, uri)
-        results[alias] = tasks.evaluate.with_options(refresh_cache=True, task_run_name=f"evaluate-{alias}")(
-            ev.to_json(), stage, None, {"model": uri})
+        results[alias] = stage_tasks.evaluate.with_options(refresh_cache=True, task_run_name=f"evaluate-{alias}")(
+            ev.to_json(), stage, None, {})
     text, regressed = report(model_name, results)
     create_markdown_artifact(key=f"nightly-eval-{model_name}".lower().replace("_", "-"), markdown=text,
                              description=f"Nightly evaluation of {model_name}")

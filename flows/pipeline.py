@@ -1,26 +1,26 @@
 """Flow ``r1-pipeline``: a recipe's stage graph, one Prefect task per stage, one MLflow parent run.
 
-The recipe's ``stages`` decide what runs and what feeds what (:mod:`r1core.graph`); stages whose
-inputs are ready run together, up to the recipe's ``concurrency``. The quickstart graph is
-curate -> grpo -> rejection sampling -> sft -> evaluate -> register.
+The recipe's ``stages`` decide what runs and what feeds what (:mod:`r1core.graph`). Each stage's
+task is submitted with its upstream tasks' futures as inputs, so Prefect runs a stage when what
+it reads is ready, stages whose inputs are ready together (up to the recipe's ``concurrency``,
+the stage graph's task runner), and draws the edges in its UI. The quickstart graph is
+curate -> grpo -> rejection sampling -> sft -> evaluate -> register. The ``curate``, ``grpo`` and
+``distill`` deployments are this flow with ``targets``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from r1core.settings import configure_environment
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
-configure_environment()
-
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-import tasks  # noqa: E402
-from r1core import graph, stages, summary  # noqa: E402
-from r1core.config import load_recipe  # noqa: E402
+from r1core import graph, stages, summary
+from r1core.config import Recipe, load_recipe
+from tasks import stages as stage_tasks
 
 
 @flow(name="r1-pipeline")
@@ -42,75 +42,16 @@ def r1_pipeline(
     return run_recipe(recipe, overrides, fresh, targets)
 
 
-@flow(name="curate")
-def curate(
-    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/quickstart.yaml",
-    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. curate.num_problems=500")] = [],
-    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
-) -> dict:
-    """Run the recipe's curate stages: the curated data set, logged to MLflow with its digest.
-
-    Args:
-        recipe: Path of the recipe YAML, relative to the project (see recipes/).
-        overrides: key=value recipe overrides, e.g. curate.num_problems=500.
-        fresh: Re-run even when a cached result exists.
-    """
-    return run_recipe(recipe, overrides, fresh, ["curate"])
-
-
-@flow(name="grpo")
-def grpo(
-    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/quickstart.yaml",
-    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. grpo.max_steps=100")] = [],
-    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
-) -> dict:
-    """Run the recipe's grpo stages and the stages they need (cached ones are reused).
-
-    Args:
-        recipe: Path of the recipe YAML, relative to the project (see recipes/).
-        overrides: key=value recipe overrides, e.g. grpo.max_steps=100.
-        fresh: Re-run even when a cached result exists.
-    """
-    return run_recipe(recipe, overrides, fresh, ["grpo"])
-
-
-@flow(name="distill")
-def distill(
-    recipe: Annotated[str, Field(description="Path of the recipe YAML.")] = "recipes/distill.yaml",
-    overrides: Annotated[list[str], Field(description="key=value overrides, e.g. rejection_sampling.num_samples=8")] = [],
-    fresh: Annotated[bool, Field(description="Re-run even when a cached result exists.")] = False,
-) -> dict:
-    """Run the recipe's rejection sampling and sft stages (teacher traces -> student) and what they need.
-
-    Args:
-        recipe: Path of the recipe YAML, relative to the project (see recipes/).
-        overrides: key=value recipe overrides, e.g. rejection_sampling.num_samples=8.
-        fresh: Re-run even when a cached result exists.
-    """
-    return run_recipe(recipe, overrides, fresh, ["rejection_sampling", "sft"])
-
-
 def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str] | None) -> dict:
-    """The body of every pipeline flow: check, open the parent run, run the stage waves, summarise."""
+    """The body of the pipeline flow: check, open the parent run, run the stage graph, summarise."""
     log = get_run_logger()
     cfg = load_recipe(recipe, overrides)  # the stage graph is checked here
     stages.validate(cfg)  # bad data/model/reward names fail here, before any training
     selected = graph.select(cfg, targets) if targets else list(cfg.stages)
-    rj = cfg.to_json()
-    opts = {"refresh_cache": True} if fresh else {}
-    parent = stages.start_pipeline(cfg, flow_run.get_id(), flow_run.get_flow_run_ui_url())
+    parent = stages.start_pipeline(cfg, flow_run.get_id(), stage_tasks.flow_run_ui_url())
     log.info("MLflow parent run %s (experiment %s)", parent, cfg.experiment_name)
-
-    out: dict[str, dict] = {"base": tasks.base_model(rj)}
-    for wave in graph.waves(cfg):
-        wave = [name for name in wave if name in selected]
-        for i in range(0, len(wave), cfg.concurrency):
-            batch = wave[i : i + cfg.concurrency]
-            futures = {name: _submit(cfg, rj, name, parent, out, opts) for name in batch}
-            out.update({name: f.result() for name, f in futures.items()})
-        if wave:
-            log.info("stages done: %s", ", ".join(wave))
-
+    runner = ThreadPoolTaskRunner(max_workers=cfg.concurrency)
+    out = stage_graph.with_options(task_runner=runner)(cfg.to_json(), selected, parent, fresh)
     summary.finish_pipeline(cfg, parent, out)
     table = summary.markdown(cfg, parent, out)
     create_markdown_artifact(key=f"r1-pipeline-{cfg.name}".lower().replace("_", "-"), markdown=table,
@@ -118,12 +59,23 @@ def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str
     return {"parent_run_id": parent, **out}
 
 
-def _submit(cfg, recipe_json: str, name: str, parent: str, out: dict, opts: dict):
-    """Submit stage ``name``'s task with its inputs resolved from the outputs so far."""
-    stage = cfg.stages[name]
-    inputs = graph.resolve_inputs(cfg, name, out)
-    if stage.type == "register":  # the registered version is tagged with everything upstream
-        inputs["lineage"] = {s: out[s] for s in ["base", *graph.ancestors(cfg, name)]}
-    task = tasks.STAGE_TASKS[stage.type]
-    task_opts = {**opts} if stage.type != "register" else {}
-    return task.with_options(task_run_name=name, **task_opts).submit(recipe_json, name, parent, inputs)
+@flow(name="stage-graph")
+def stage_graph(recipe_json: str, selected: list[str], parent_run_id: str, fresh: bool = False) -> dict[str, dict]:
+    """Submit every selected stage's task with its upstream futures; return each stage's outputs
+    (and ``base``, the base model). Runs as a subflow of ``r1-pipeline``, whose task runner bounds
+    how many stages run at once."""
+    cfg = Recipe.model_validate_json(recipe_json)
+    futures = {"base": stage_tasks.base_model.submit(recipe_json)}
+    deps = graph.dependencies(cfg)
+    for name in graph.order(cfg):
+        if name not in selected:
+            continue
+        stage = cfg.stages[name]
+        reads = graph.ancestors(cfg, name) if stage.type == "register" else deps[name]
+        upstream = {"base": futures["base"], **{s: futures[s] for s in reads}}
+        task = stage_tasks.STAGE_TASKS[stage.type]
+        opts = {"refresh_cache": True} if fresh and stage.type != "register" else {}
+        futures[name] = task.with_options(task_run_name=name, **opts).submit(recipe_json, name, parent_run_id, upstream)
+    out = {name: f.result() for name, f in futures.items()}
+    get_run_logger().info("stages done: %s", ", ".join(n for n in out if n != "base"))
+    return out

@@ -14,23 +14,22 @@ delimiters (``<|im_start|>think``); here the delimiter is ``</think>``, the R1 c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
-from r1core.generation import Sample, SamplingParams, generate
+from r1core.generation import SamplingParams
+from r1core.sampling import Completion
 
 END_THINK = "</think>"
 THINK_OPEN = "<think>\n"
 ANSWER_PREFIX = "\n\nFinal Answer: "
 
 
-def budget_forced_generate(model, tokenizer, prompts: list[str], params: SamplingParams, *,
-                           max_thinking_tokens: int, num_waits: int = 0, answer_tokens: int = 64,
-                           batch_size: int = 64,
-                           on_batch: Callable[[int, int, float], None] | None = None) -> list[Sample]:
+def budget_forced_generate(sampler, prompts: list[str], params: SamplingParams, *,
+                           max_thinking_tokens: int, num_waits: int = 0, answer_tokens: int = 64) -> list[Completion]:
     """Generate with a thinking budget (see module docstring).
 
     Args:
+        sampler: a :class:`r1core.sampling.LocalSampler` (it continues each sample's own text).
         prompts: rendered prompts (without the ``<think>`` prefill; it is added here).
         params: sampling settings (``max_new_tokens`` is replaced by the budgets below).
         max_thinking_tokens: the thinking budget N, in tokens.
@@ -38,7 +37,7 @@ def budget_forced_generate(model, tokenizer, prompts: list[str], params: Samplin
         answer_tokens: tokens allowed for the answer after thinking ends.
 
     Returns:
-        One :class:`Sample` per prompt: ``text`` is the thinking plus the answer (starting with the
+        One :class:`r1core.sampling.Completion` per prompt: ``text`` is the thinking plus the answer (starting with the
         ``<think>`` prefill), ``num_tokens`` counts thinking and answer tokens, ``truncated`` is
         true when the answer phase hit ``answer_tokens``.
 
@@ -56,15 +55,16 @@ def budget_forced_generate(model, tokenizer, prompts: list[str], params: Samplin
         if not todo:
             break
         budget = max_thinking_tokens - min(used[i] for i in todo)
-        outs = generate(model, tokenizer, [prompts[i] + thinking[i] for i in todo],
-                        replace(params, max_new_tokens=budget, seed=params.seed + 1000 * round_),
-                        batch_size=batch_size, on_batch=on_batch, stop_strings=[END_THINK])
+        outs = sampler.complete([prompts[i] + thinking[i] for i in todo],
+                                replace(params, max_new_tokens=budget, seed=params.seed + 1000 * round_),
+                                stop_strings=[END_THINK])
         still_open = []
         for i, out in zip(todo, outs):
             text, cost = out.text, out.num_tokens
             if used[i] + cost > max_thinking_tokens:  # shared budget per call: trim to this sample's rest
                 cost = max_thinking_tokens - used[i]
-                text = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:cost])
+                tok = sampler.tokenizer
+                text = tok.decode(tok(text, add_special_tokens=False)["input_ids"][:cost])
             used[i] += cost
             if END_THINK in text:
                 before = text.split(END_THINK, 1)[0]
@@ -76,9 +76,7 @@ def budget_forced_generate(model, tokenizer, prompts: list[str], params: Samplin
             else:
                 thinking[i] += text
         open_idx = still_open
-    answers = generate(model, tokenizer, [p + t.rstrip() + "\n" + END_THINK + ANSWER_PREFIX
-                                          for p, t in zip(prompts, thinking)],
-                       replace(params, max_new_tokens=answer_tokens, seed=params.seed + 7919),
-                       batch_size=batch_size, on_batch=on_batch)
-    return [Sample(text=t.rstrip() + "\n" + END_THINK + ANSWER_PREFIX + a.text, num_tokens=u + a.num_tokens,
+    answers = sampler.complete([p + t.rstrip() + "\n" + END_THINK + ANSWER_PREFIX for p, t in zip(prompts, thinking)],
+                               replace(params, max_new_tokens=answer_tokens, seed=params.seed + 7919), stop_strings=[])
+    return [Completion(text=t.rstrip() + "\n" + END_THINK + ANSWER_PREFIX + a.text, num_tokens=u + a.num_tokens,
                    truncated=a.truncated) for t, u, a in zip(thinking, used, answers)]

@@ -27,11 +27,10 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r1core.errors import RecipeError
+from r1core.graph import check_graph
+
 STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the key and the fix."""
 
 
 class _Section(BaseModel):
@@ -50,6 +49,28 @@ class _Stage(_Section):
         return {k: (getattr(self, k), kind) for k, kind in self.INPUTS.items() if getattr(self, k) is not None}
 
 
+Engine = Literal["auto", "cpu", "hf", "vllm"]
+ENGINE_HELP = ("Sampler (r1core.sampling): cpu (the project's engine), hf (transformers generate), vllm (CUDA, "
+               "pip install '.[vllm]'), or auto (vllm on CUDA when installed, else cpu).")
+
+
+class VLLMSettings(_Section):
+    """vLLM's memory and parallelism settings for a stage that samples with ``engine: vllm``
+    (passed to ``vllm.LLM``; for GRPO, to TRL's ``vllm_*`` fields)."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take "
+                                          "(weights + KV cache); lower it when training shares the GPU (GRPO: 0.3).")
+    max_model_len: int | None = Field(None, ge=16, description="Prompt + completion tokens per sequence; sizes the "
+                                      "KV cache to what is asked rather than the model's maximum context.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split over.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enable_prefix_caching: bool = Field(True, description="Share the KV cache of a prompt between its k samples.")
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.LLM``."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class PassRateFilter(_Section):
     """Difficulty by pass rate: k samples per problem from a reference model."""
 
@@ -59,6 +80,9 @@ class PassRateFilter(_Section):
     max_pass_rate: float = Field(0.75, ge=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
     candidates: int = Field(256, ge=1, description="Problems scored (the filter's cost is k x candidates samples).")
+    engine: Engine = Field("auto", description=ENGINE_HELP)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM settings (engine vllm).")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
 
 
 class ProceduralTask(_Section):
@@ -163,9 +187,11 @@ class GRPOStageConfig(_Stage):
     dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
     completions_log_steps: int = Field(1, ge=0, description="Log a table of sampled completions every N steps (0: never).")
     stop_strings: list[str] = Field(default_factory=list, description='End completions after these strings, e.g. ["</answer>"].')
-    generation_engine: Literal["r1", "hf"] = Field(
-        "r1", description="Rollouts without vLLM: r1 (the project's batched decoding loop, r1core.generation) or "
-        "hf (TRL's stock transformers generate).")
+    engine: Engine = Field("auto", description="Rollouts: cpu (the project's engine, r1core.cpu_engine), hf (TRL's "
+                           "stock transformers generate), vllm (TRL's colocated vLLM; CUDA), or auto (vllm on CUDA "
+                           "when installed, else cpu). Evaluation during training samples with cpu or hf.")
+    vllm: VLLMSettings = Field(default_factory=lambda: VLLMSettings(gpu_memory_utilization=0.3),
+                               description="vLLM settings for engine vllm (colocated with training).")
     eval: InTrainingEvalConfig | None = Field(None, description="Evaluate the policy during training (pass@1 vs step).")
     reflection_markers: list[str] | None = Field(
         None, description="Phrases counted for the reflection rate per step (None: r1core.signals.REFLECTION_MARKERS).")
@@ -197,8 +223,8 @@ class RejectionSamplingConfig(_Stage):
     teacher: str | None = Field("grpo.output", description="base, <stage>.output, or a model reference "
                                 "(unset when ``endpoint`` is given).")
     endpoint: EndpointConfig | None = Field(None, description="Sample from an OpenAI-compatible endpoint instead.")
-    engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="Local teacher engine: vLLM on CUDA when installed (auto), or transformers.")
+    engine: Engine = Field("auto", description=ENGINE_HELP + " Unused with an endpoint.")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM settings (engine vllm).")
     num_problems: int = Field(32, ge=1, description="Problems taken from the curated set.")
     num_samples: int = Field(4, ge=1, description="k: completions sampled per problem.")
     max_new_tokens: int = Field(192, ge=1)
@@ -295,6 +321,8 @@ class EvaluateConfig(_Stage):
     stop_strings: list[str] = Field(default_factory=list, description='End samples after these strings, e.g. '
                                     '["</answer>"] for a policy GRPO trained with that stop string.')
     batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
+    engine: Engine = Field("auto", description=ENGINE_HELP)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM settings (engine vllm).")
     budget_forcing: BudgetForcingConfig | None = Field(
         None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
 
@@ -311,6 +339,9 @@ class RegisterConfig(_Stage):
     model_name: str = Field("r1-student", description="Registered model name.")
     gate_metric: str = Field("math500/pass@1", description="Metric the champion gate compares.")
     min_margin: float = Field(0.0, description="Challenger must beat the champion by more than this.")
+    guard_benchmarks: list[str] = Field(default_factory=list, description=(
+        "Benchmarks (e.g. aime24) whose pass@1 must not drop beyond two standard errors for champion to move "
+        "(r1core.promote; the promote flow uses the same list)."))
 
 
 StageConfig = Annotated[
@@ -427,8 +458,6 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None, source: str
         RecipeError: unknown keys, bad values or malformed overrides, each named by dotted path;
             a stage graph with an unknown stage, a cycle or an input of the wrong kind.
     """
-    from r1core.graph import check_graph
-
     data = json.loads(json.dumps(data))  # deep copy
     for key, value in parse_overrides(overrides):
         _set_dotted(data, _override_path(data, key), value)

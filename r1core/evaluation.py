@@ -16,7 +16,6 @@ view):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -25,8 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from r1core.generation import SamplingParams, generate
-from r1core.prompts import render
+from r1core.generation import SamplingParams
 from r1core.verify import checks_of, group_equivalent, verify_batch
 
 
@@ -117,55 +115,56 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def evaluate_benchmark(model, tokenizer, problems: pd.DataFrame, *, k: int, params: SamplingParams,
-                       template: str = "r1_eval", prefill: str | None = None, batch_size: int = 64,
-                       results_path: Path | None = None, stop_strings: list[str] | None = None,
-                       progress: Callable[[int, int, float], None] | None = None,
-                       generate_fn: Callable = generate) -> tuple[dict[str, float], pd.DataFrame]:
+def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: SamplingParams,
+                       results_path: Path | None = None, generate_fn: Callable | None = None,
+                       ) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.
 
-    Resumable: with ``results_path`` (a JSONL file), every chunk of ``4 * batch_size`` samples is
-    appended as soon as it is scored, and samples already in the file are not generated again;
-    a crashed or retried evaluation loses at most one chunk. The caller keys the file by
-    model, benchmark and settings. ``generate_fn`` replaces plain sampling (e.g. a
-    :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`). Each problem is
-    checked by its ``answer_type`` (and ``metadata``) columns where present (see
-    :mod:`r1core.verify`); ``prefill`` starts the assistant turn (as GRPO's prompts do), and
-    ``stop_strings`` end a sample as GRPO's ``stop_strings`` end its rollouts (a policy trained
-    to stop at ``</answer>`` otherwise writes on after it, and the last ``<answer>`` block is read).
+    Args:
+        sampler: a :class:`r1core.sampling.LocalSampler`: the model, how problems are posed
+            (template, prefill: as GRPO's prompts do) and ``stop_strings`` (a policy trained to stop
+            at ``</answer>`` otherwise writes on after it, and the last ``<answer>`` block is read).
+        problems: rows with ``id``, ``problem``, ``answer`` (and ``answer_type``/``metadata`` where
+            answers are not math, see :mod:`r1core.verify`).
+        k: samples per problem.
+        params: sampling settings (R1: temperature 0.6, top-p 0.95).
+        results_path: a resumable :class:`r1core.samplelog.SampleLog` (JSONL): every chunk of
+            ``4 * sampler.batch_size`` samples is appended as soon as it is scored, and samples
+            already there are not generated again; a crashed or retried evaluation loses at most one
+            chunk (a line cut by a kill is dropped). The caller keys the file by model, benchmark
+            and settings.
+        generate_fn: ``(prompts, params) -> completions`` replacing ``sampler.complete`` (e.g. a
+            :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`).
 
     Returns:
         ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
         one sample row per (problem, sample index) with ``extracted``, ``correct``,
         ``num_tokens``, ``truncated``, ``completion``.
     """
+    from r1core.samplelog import SampleLog
+
     rows = problems.reset_index(drop=True)
+    log = SampleLog(results_path) if results_path is not None else None
     done: dict[tuple[str, int], dict] = {}
-    if results_path is not None and results_path.exists():
-        for line in results_path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[(rec["id"], rec["sample"])] = rec
+    for rec in log.read() if log is not None else []:
+        done[(rec["id"], rec["sample"])] = rec
     ids = [str(i) for i in rows["id"]]
     todo = [(i, j) for i in range(len(rows)) for j in range(k) if (ids[i], j) not in done]
-    chunk = max(batch_size * 4, 1)
+    chunk = max(sampler.batch_size * 4, 1)
     checks = checks_of(rows)  # per problem: how its answer is checked
+    complete = generate_fn or sampler.complete
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        prompts = [render(tokenizer, rows.at[i, "problem"], template, prefill) for i, _ in part]
-        outs = generate_fn(model, tokenizer, prompts, replace(params, seed=params.seed + start),
-                           batch_size=batch_size, on_batch=progress, **({"stop_strings": stop_strings}
-                                                                        if stop_strings else {}))
+        prompts = [sampler.render(rows.at[i, "problem"]) for i, _ in part]
+        outs = complete(prompts, replace(params, seed=params.seed + start))
         verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],
                                 answer_types=[checks["answer_types"][i] for i, _ in part],
                                 metadata=[checks["metadata"][i] for i, _ in part])
         new = [_sample_record(rows, i, j, o, v, checks["answer_types"][i]) for (i, j), o, v in zip(part, outs, verdicts)]
         for rec in new:
             done[(rec["id"], rec["sample"])] = rec
-        if results_path is not None:
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            with results_path.open("a") as f:
-                f.writelines(json.dumps(rec) + "\n" for rec in new)
+        if log is not None:
+            log.append(new)
     samples = pd.DataFrame([done[(ids[i], j)] for i in range(len(rows)) for j in range(k)])
     return {**score(samples, k), **breakdown(samples)}, samples
 

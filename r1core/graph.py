@@ -1,6 +1,7 @@
 """A recipe's stage graph: what feeds what, checked before anything runs, and run order.
 
-Each stage declares its inputs (:attr:`r1core.config._Stage.INPUTS`): a ``model``, a
+Each stage declares its inputs (:attr:`r1core.config._Stage.INPUTS`; this module reads recipes and never imports
+:mod:`r1core.config`, which calls :func:`check_graph` when a recipe loads): a ``model``, a
 ``dataset`` or an ``evaluation``. An input is a reference:
 
 - ``base``: the recipe's ``model`` (models only);
@@ -16,9 +17,12 @@ pipeline flow runs a wave's stages concurrently, up to the recipe's ``concurrenc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from r1core.config import Recipe, RecipeError
+from r1core.errors import RecipeError
+
+if TYPE_CHECKING:
+    from r1core.config import Recipe
 
 OUTPUT_SUFFIX = ".output"
 PRODUCERS = {"model": ("grpo", "sft"), "dataset": ("curate", "rejection_sampling"), "evaluation": ("evaluate",)}
@@ -150,3 +154,8 @@ def resolve_inputs(recipe: Recipe, name: str, outputs: dict[str, dict]) -> dict[
         else:
             values[key] = outputs[source][_OUTPUT_KEY[kind]]
     return values
+
+
+def order(recipe: Recipe) -> list[str]:
+    """Every stage in an order where each comes after the stages it reads from (:func:`waves`, flattened)."""
+    return [name for wave in waves(recipe) for name in wave]

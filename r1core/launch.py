@@ -1,7 +1,7 @@
 """Multi-process training: the GRPO stage as an ``accelerate launch`` subprocess.
 
 The stage keeps its MLflow run open and starts ``accelerate launch ... -m r1core.launch SPEC``
-with ``MLFLOW_RUN_ID`` (and the tracking URI) in the environment. In the children, TRL's MLflow
+(:func:`r1core.child_process.run_child`) with ``MLFLOW_RUN_ID`` (and the tracking URI) in the environment. In the children, TRL's MLflow
 callback resumes that run on the main process only, so every rank's metrics land in the stage's
 run once; the trained policy is saved to the spec's output folder, which the stage then logs as
 a LoggedModel. Accelerate configs for DDP, ZeRO-2 and ZeRO-3 ship in ``recipes/accelerate/``.
@@ -11,9 +11,7 @@ a LoggedModel. Accelerate configs for DDP, ZeRO-2 and ZeRO-3 ship in ``recipes/a
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ class LaunchSpec:
         recipe_json: the recipe (``Recipe.to_json()``).
         dataset_uri: the curated problems (``runs:/...`` or a path).
         model_ref: the policy to start from (any model reference).
-        output_dir: where the policy and ``summary.json`` are written.
+        output_dir: where the policy is saved (the launch's spec, result and log in ``launch/`` under it).
         stage: the GRPO stage's name in ``recipe.stages``.
     """
 
@@ -73,22 +71,17 @@ def child_env(run_id: str, base: dict[str, str] | None = None) -> dict[str, str]
 
 def launch(spec: LaunchSpec, run_id: str, *, accelerate_config: str | None, num_processes: int,
            cpu: bool = False) -> dict[str, float]:
-    """Run GRPO as ``accelerate launch`` subprocesses; return the summary they wrote.
+    """Run GRPO as ``accelerate launch`` subprocesses; return the summary rank 0 wrote.
 
     Raises:
         RuntimeError: the launched run failed (the message carries the end of its output).
     """
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    spec_path = out / "launch_spec.json"
-    spec_path.write_text(json.dumps(asdict(spec)))
-    cmd = build_command(str(spec_path), accelerate_config=accelerate_config, num_processes=num_processes, cpu=cpu)
-    proc = subprocess.run(cmd, env=child_env(run_id), capture_output=True, text=True)
-    (out / "launch.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"accelerate launch exited with {proc.returncode}; end of its output:\n{tail}")
-    return json.loads((out / "summary.json").read_text())
+    from r1core.child_process import SPEC_FILE, run_child
+
+    folder = Path(spec.output_dir) / "launch"
+    cmd = build_command(str(folder / SPEC_FILE), accelerate_config=accelerate_config, num_processes=num_processes,
+                        cpu=cpu)[:-1]
+    return run_child(cmd, asdict(spec), folder, env=child_env(run_id), what="accelerate launch")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,17 +89,20 @@ def main(argv: list[str] | None = None) -> None:
     from r1core import models, tracking
     from r1core.config import Recipe
     from r1core.grpo import train_grpo
-    from r1core.stages import grpo_eval_sets
+    from r1core.training_eval import eval_sets
 
-    spec = LaunchSpec(**json.loads(Path((argv or sys.argv[1:])[0]).read_text()))
+    from r1core.child_process import read_spec, write_result
+
+    spec_path = (argv or sys.argv[1:])[0]
+    spec = LaunchSpec(**read_spec(spec_path))
     recipe = Recipe.model_validate_json(spec.recipe_json)
     rows = tracking.read_dataset(spec.dataset_uri)
     model, tok = models.load_model_and_tokenizer(spec.model_ref)
     cfg = recipe.stages[spec.stage]
-    eval_sets = grpo_eval_sets(cfg, spec.dataset_uri) if int(os.environ.get("RANK", "0")) == 0 else []
-    summary = train_grpo(model, tok, rows, cfg, spec.output_dir, seed=recipe.seed, eval_sets=eval_sets)
+    sets = eval_sets(cfg, spec.dataset_uri) if int(os.environ.get("RANK", "0")) == 0 else []
+    summary = train_grpo(model, tok, rows, cfg, spec.output_dir, seed=recipe.seed, eval_sets=sets)
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(spec.output_dir, "summary.json").write_text(json.dumps(summary))
+        write_result(spec_path, summary)
 
 
 if __name__ == "__main__":

@@ -108,9 +108,7 @@ def _download_mlflow_model(uri: str) -> Path:
     import mlflow
     from filelock import FileLock
 
-    if uri.startswith("models:/") and "@" in uri:  # aliases move: cache the version it names now
-        name, alias = uri.removeprefix("models:/").split("@", 1)
-        uri = f"models:/{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
+    uri = canonical_model_uri(uri)  # aliases move: cache the version it names now
     key = re.sub(r"[^\w.\-]+", "_", uri)
     out = cache_dir("mlflow-models") / key
     with FileLock(f"{out}.lock"):  # concurrent stages (threads or processes) download once
@@ -123,6 +121,41 @@ def _download_mlflow_model(uri: str) -> Path:
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
             tmp.rename(out)
     return checkpoint_in_mlflow_model(out)
+
+
+def canonical_model_uri(uri: str) -> str:
+    """``models:/name@alias`` as the version it points at now (``models:/name/3``); other URIs as they are.
+
+    Aliases move; results cached for resumption and comparisons must name the exact version.
+    """
+    if uri.startswith("models:/") and "@" in uri:
+        import mlflow
+
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        return f"models:/{name}/{version.version}"
+    return uri
+
+
+def logged_model_id(uri: str) -> str | None:
+    """The LoggedModel id behind ``models:/m-...``, ``models:/name/3`` or ``models:/name@alias``
+    (so evaluation metrics attach to the model); ``None`` for paths and hub ids."""
+    if uri.startswith("models:/m-"):
+        return uri.removeprefix("models:/")
+    if not uri.startswith("models:/"):
+        return None
+    import mlflow
+
+    name, version = canonical_model_uri(uri).removeprefix("models:/").rsplit("/", 1)
+    try:
+        mv = mlflow.MlflowClient().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    # A version registered from "models:/m-..." keeps that URI as its source (model_id may be unset).
+    source = mv.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def checkpoint_in_mlflow_model(folder: Path) -> Path:

@@ -25,12 +25,9 @@ data set's human-written worked solution as its trace, formatted in the prompt t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +35,8 @@ import pandas as pd
 from r1core.generation import SamplingParams
 from r1core.prompts import messages
 from r1core.rewards import FormatReward, LanguageConsistencyReward, RepetitionReward
-from r1core.teachers import TeacherSample
+from r1core.samplelog import SampleLog
+from r1core.sampling import Completion
 from r1core.verify import checks_of, verify_batch
 
 logger = logging.getLogger(__name__)
@@ -84,51 +82,47 @@ def reference_traces(problems: pd.DataFrame, template: str, counter) -> tuple[pd
 
 def sample_with_resume(teacher, problems: pd.DataFrame, k: int, params: SamplingParams, folder: Path,
                        shard_size: int = 64, progress: Callable[[int, int], None] | None = None
-                       ) -> dict[str, list[TeacherSample]]:
+                       ) -> dict[str, list[Completion]]:
     """Sample ``k`` responses per problem from ``teacher``, resumably.
 
-    Problems are taken ``shard_size`` at a time; each finished problem is appended (and flushed to
-    disk) to that shard's file ``folder/shard-NNNNN.jsonl`` as ``{"id", "samples"}``. A rerun reads
-    every shard, skips the problems already there and samples only the rest, so a crash or an
-    endpoint outage loses only the problems in flight.
+    Problems are taken ``shard_size`` at a time; each finished problem is appended to that shard's
+    :class:`r1core.samplelog.SampleLog` ``folder/shard-NNNNN.jsonl`` as ``{"id", "samples"}``. A
+    rerun reads every shard (a line cut by a kill is dropped, and that problem sampled again),
+    skips the problems already there and samples only the rest, so a crash or an endpoint outage
+    loses only the problems in flight.
 
     Args:
-        teacher: a :class:`r1core.teachers.Teacher`.
+        teacher: a :class:`r1core.sampling.Sampler` (a local engine, vLLM or an endpoint).
         problems: rows with ``id`` and ``problem``.
         folder: the stage's work folder, keyed by teacher, prompts and settings (created).
         progress: called with ``(problems done, problems total)`` after each problem.
 
     Returns:
-        ``{problem id: [TeacherSample, ...]}`` for every problem.
+        ``{problem id: [Completion, ...]}`` for every problem.
 
     Raises:
-        Whatever the teacher raises (e.g. :class:`r1core.teachers.EndpointError`), after the
+        Whatever the teacher raises (e.g. :class:`r1core.sampling.EndpointError`), after the
         finished problems are on disk.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    done: dict[str, list[TeacherSample]] = {}
-    for shard in sorted(folder.glob("shard-*.jsonl")):
-        for line in shard.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: that problem is sampled again
-                continue
-            done[rec["id"]] = [TeacherSample(**x) for x in rec["samples"]]
+    done: dict[str, list[Completion]] = {}
+    shards = sorted(folder.glob("shard-*.jsonl"))
+    for shard in shards:
+        for rec in SampleLog(shard).read():
+            done[rec["id"]] = [Completion(x["text"], int(x["num_tokens"]), bool(x["truncated"])) for x in rec["samples"]]
     todo = problems[~problems["id"].isin(done)].reset_index(drop=True)
     if done:
         logger.info("resuming: %d of %d problems already sampled", len(problems) - len(todo), len(problems))
-    next_shard = len(list(folder.glob("shard-*.jsonl")))
     for n, start in enumerate(range(0, len(todo), shard_size)):
         chunk = todo.iloc[start : start + shard_size]
-        with (folder / f"shard-{next_shard + n:05d}.jsonl").open("a") as fh:
-            for i, samples in teacher.sample(list(chunk["problem"]), k, params):
-                pid = chunk["id"].iloc[i]
-                fh.write(json.dumps({"id": pid, "samples": [asdict(x) for x in samples]}) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                done[pid] = samples
-                if progress is not None:
-                    progress(len(done), len(problems))
+        log = SampleLog(folder / f"shard-{len(shards) + n:05d}.jsonl")
+        for i, samples in teacher.sample(list(chunk["problem"]), k, params):
+            pid = chunk["id"].iloc[i]
+            log.append([{"id": pid, "samples": [{"text": x.text, "num_tokens": x.num_tokens, "truncated": x.truncated}
+                                                for x in samples]}])
+            done[pid] = samples
+            if progress is not None:
+                progress(len(done), len(problems))
     return done
 
 
@@ -138,7 +132,7 @@ def rejection_sample(teacher, problems: pd.DataFrame, cfg, *, seed: int = 0, fol
     :func:`sample_with_resume`) and keep the ones that pass every filter.
 
     Args:
-        teacher: a :class:`r1core.teachers.Teacher` (local model, vLLM or an endpoint).
+        teacher: a :class:`r1core.sampling.Sampler` (a local engine, vLLM or an endpoint).
         problems: rows with ``id``, ``problem``, ``answer`` (and ``source``, ``level``, ``solution``).
         cfg: the recipe's :class:`r1core.config.RejectionSamplingConfig`.
         seed: sampling seed.

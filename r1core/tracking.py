@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -114,24 +113,6 @@ def environment_tags() -> dict[str, str]:
         "r1.version.mlflow": mlflow.__version__,
         "r1.python": platform.python_version(),
     }
-
-
-def orchestrator_tags() -> dict[str, str]:
-    """``prefect.flow_run_id`` and ``prefect.flow_run_url`` when called inside a Prefect flow run
-    (so a run started outside a pipeline still links back to it); empty otherwise. Prefect is
-    only consulted when the caller has imported it: stage code itself never imports Prefect."""
-    if "prefect" not in sys.modules:
-        return {}
-    from prefect.runtime import flow_run
-
-    run_id = flow_run.get_id()
-    if not run_id:
-        return {}
-    tags = {TAG_FLOW_RUN: run_id}
-    url = flow_run.get_flow_run_ui_url()
-    if url:
-        tags[TAG_FLOW_RUN_URL] = url
-    return tags
 
 
 def start_parent_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
@@ -275,3 +256,22 @@ def dataset_digest(uri: str) -> str | None:
         if d.dataset.name == name:
             return d.dataset.digest
     return None
+
+
+#: The name the held-out problems of a curate stage are logged under, and the benchmark name
+#: ``grpo.eval.benchmarks`` and the evaluate stage use for them.
+HELDOUT = "heldout"
+
+
+def heldout_uri(dataset_uri: str) -> str:
+    """The held-out set a curate stage logged beside the training set ``dataset_uri``.
+
+    Raises:
+        ValueError: the curate run of ``dataset_uri`` logged no held-out set.
+    """
+    if dataset_uri.startswith("runs:/"):
+        run_id = dataset_uri.split("/")[1]
+        if any(a.path == "data/heldout.jsonl" for a in MlflowClient().list_artifacts(run_id, "data")):
+            return f"runs:/{run_id}/data/heldout.jsonl"
+    raise ValueError(f"{dataset_uri} has no held-out set beside it (only a curate stage with procedural tasks "
+                     "writes one); name catalog benchmarks in grpo.eval.benchmarks instead of 'heldout'.")

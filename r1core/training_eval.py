@@ -51,6 +51,29 @@ class EvalPoint:
     per_problem: dict[str, float] = field(default_factory=dict)  # problem id -> pass@1 over its k samples
 
 
+def eval_sets(cfg, dataset_uri: str) -> list[EvalSet]:
+    """The evaluation sets of a GRPO stage's ``eval`` section: ``heldout`` (the held-out problems
+    logged beside ``dataset_uri``) and catalog benchmarks, each cut to ``eval.limit`` problems and
+    logged as an input of the active run (context ``evaluation``)."""
+    from r1core import data, tracking
+
+    if cfg.eval is None:
+        return []
+    sets = []
+    for spec in cfg.eval.benchmarks:
+        if spec == tracking.HELDOUT:
+            uri = tracking.heldout_uri(dataset_uri)
+            problems, name = tracking.read_dataset(uri), tracking.HELDOUT
+        else:
+            name, _ = data.parse_spec(spec)
+            problems, uri = data.load(spec)[0].to_pandas(), data.source_uri(spec)
+        problems = problems.head(cfg.eval.limit) if cfg.eval.limit else problems
+        if mlflow.active_run() is not None:
+            tracking.log_input(tracking.pandas_dataset(problems, uri, name, "answer"), "evaluation")
+        sets.append(EvalSet(name, problems.reset_index(drop=True)))
+    return sets
+
+
 class InTrainingEvaluation(TrainerCallback):
     """Evaluate the policy at step 0, every ``eval_steps`` steps and at the end (see the module docstring).
 
@@ -63,11 +86,14 @@ class InTrainingEvaluation(TrainerCallback):
         template, prefill: how problems are posed (GRPO's own, by default).
         batch_size: sequences decoded together.
         stop_strings: end samples at these strings (GRPO's own, by default: the protocol the policy is trained in).
+        engine: ``cpu`` (the project's engine) or ``hf`` (transformers ``generate``) on the policy in training
+            (:class:`r1core.sampling.EngineSampler`).
     """
 
     def __init__(self, sets: list[EvalSet], tokenizer, params: SamplingParams, *, k: int, eval_steps: int,
-                 template: str, prefill: str | None, batch_size: int = 64, stop_strings: list[str] | None = None):
-        self.sets, self.tokenizer, self.params, self.k = sets, tokenizer, params, k
+                 template: str, prefill: str | None, batch_size: int = 64, stop_strings: list[str] | None = None,
+                 engine: str = "cpu"):
+        self.sets, self.tokenizer, self.params, self.k, self.engine = sets, tokenizer, params, k, engine
         self.stop_strings = list(stop_strings or [])
         self.eval_steps, self.template, self.prefill, self.batch_size = eval_steps, template, prefill, batch_size
         self.history: dict[str, list[EvalPoint]] = {s.name: [] for s in sets}
@@ -75,15 +101,16 @@ class InTrainingEvaluation(TrainerCallback):
     def evaluate(self, model, step: int) -> None:
         """Score every set with ``model`` now and log the results at ``step``."""
         from r1core.evaluation import evaluate_benchmark
+        from r1core.sampling import EngineSampler
         from r1core.tracking import mlflow_key
 
         was_training = model.training
+        sampler = EngineSampler(model, self.tokenizer, "policy", engine=self.engine, template=self.template,
+                                prefill=self.prefill, stop_strings=self.stop_strings, batch_size=self.batch_size)
         try:
             for s in self.sets:
                 t0 = time.perf_counter()
-                metrics, samples = evaluate_benchmark(model, self.tokenizer, s.problems, k=self.k, params=self.params,
-                                                      template=self.template, prefill=self.prefill,
-                                                      batch_size=self.batch_size, stop_strings=self.stop_strings)
+                metrics, samples = evaluate_benchmark(sampler, s.problems, k=self.k, params=self.params)
                 valid = samples[samples["correct"].notna()]
                 per_problem = valid.groupby("id")["correct"].mean().astype(float).to_dict()
                 point = EvalPoint(step, metrics["pass@1"], metrics["pass@1_stderr"],

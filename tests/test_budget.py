@@ -7,33 +7,32 @@ import pytest
 from r1core.budget import ANSWER_PREFIX, END_THINK, budget_forced_generate
 from r1core.generation import SamplingParams
 from r1core.prompts import render
+from r1core.sampling import Completion, EngineSampler
 
 
 def test_thinking_is_capped_and_the_answer_forced(tiny):
     model, tok = tiny
     prompts = [render(tok, "What is 2+2?", "r1_eval")] * 3
-    out = budget_forced_generate(model, tok, prompts, SamplingParams(seed=0), max_thinking_tokens=6,
-                                 answer_tokens=4, batch_size=3)
+    out = budget_forced_generate(EngineSampler(model, tok, "tiny", batch_size=3), prompts, SamplingParams(seed=0),
+                                 max_thinking_tokens=6, answer_tokens=4)
     for s in out:
         assert s.text.startswith("<think>") and f"{END_THINK}{ANSWER_PREFIX}" in s.text
         assert s.num_tokens <= 6 + 4
 
 
 def test_wait_replaces_an_early_end_of_thinking(tiny, monkeypatch):
-    import r1core.budget as budget
-    from r1core.generation import Sample
-
     model, tok = tiny
     calls = []
+    sampler = EngineSampler(model, tok, "tiny")
 
-    def scripted(model, tokenizer, prompts, params, **kwargs):
+    def scripted(prompts, params, **kwargs):
         calls.append((list(prompts), kwargs.get("stop_strings")))
         if kwargs.get("stop_strings"):  # thinking phase: end thinking after 2 tokens
-            return [Sample(text="hmm " + END_THINK, num_tokens=2, truncated=False) for _ in prompts]
-        return [Sample(text="4", num_tokens=1, truncated=False) for _ in prompts]
+            return [Completion(text="hmm " + END_THINK, num_tokens=2, truncated=False) for _ in prompts]
+        return [Completion(text="4", num_tokens=1, truncated=False) for _ in prompts]
 
-    monkeypatch.setattr(budget, "generate", scripted)
-    out = budget_forced_generate(model, tok, ["P"], SamplingParams(), max_thinking_tokens=100, num_waits=2)
+    monkeypatch.setattr(sampler, "complete", scripted)
+    out = budget_forced_generate(sampler, ["P"], SamplingParams(), max_thinking_tokens=100, num_waits=2)
     thinking_calls = [c for c in calls if c[1]]
     assert len(thinking_calls) == 3                       # the first try + 2 "Wait" extensions
     assert thinking_calls[1][0][0].endswith("hmm Wait,")   # the delimiter was suppressed
@@ -44,4 +43,4 @@ def test_wait_replaces_an_early_end_of_thinking(tiny, monkeypatch):
 def test_bad_budget_raises(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="max_thinking_tokens"):
-        budget_forced_generate(model, tok, ["p"], SamplingParams(), max_thinking_tokens=0)
+        budget_forced_generate(EngineSampler(model, tok, "tiny"), ["p"], SamplingParams(), max_thinking_tokens=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1core.cli import build_parser, main
+from deployments.cli import build_parser, main
 
 
 def test_help_lists_subcommands(capsys):

@@ -53,7 +53,7 @@ def test_pass_rate_band_is_a_column_of_the_curated_set(tiny_model_dir, data_dir)
         "pass_rate": {"num_samples": 2, "candidates": 4, "max_new_tokens": 4, "min_pass_rate": 0.0,
                       "max_pass_rate": 1.0}}}})
     parent = stages.start_pipeline(recipe)
-    out = stages.curate(recipe, "curate", parent, reference_model=str(tiny_model_dir))
+    out = stages.run_stage(recipe, "curate", parent, reference_model=str(tiny_model_dir))
     rows = tracking.read_dataset(out["dataset_uri"])
     assert len(rows) == 3 and "pass_rate" in rows and rows["pass_rate"].between(0, 1).all()
     metrics = MlflowClient().get_run(out["run_id"]).data.metrics

@@ -95,8 +95,8 @@ def test_sampling_from_the_server_names_the_teacher_and_never_logs_the_key(serve
     # use_n=true: the server returns one choice for n=2, so the teacher asks again for the second
     recipe = _recipe(server.url, "endpoint-sampling", api_key_env="R1_TEST_TEACHER_KEY", max_concurrency=2)
     parent = stages.start_pipeline(recipe)
-    cur = stages.curate(recipe, "curate", parent)
-    out = stages.rejection_sampling(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
+    cur = stages.run_stage(recipe, "curate", parent)
+    out = stages.run_stage(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
     assert out["teacher"] == f"{server.url}#smollm2"
 
     client = MlflowClient()
@@ -118,20 +118,20 @@ def test_missing_api_key_fails_before_sampling(server, data_dir, monkeypatch):
     monkeypatch.delenv("R1_TEST_TEACHER_KEY", raising=False)
     recipe = _recipe(server.url, "endpoint-nokey", api_key_env="R1_TEST_TEACHER_KEY")
     parent = stages.start_pipeline(recipe)
-    cur = stages.curate(recipe, "curate", parent)
+    cur = stages.run_stage(recipe, "curate", parent)
     before = server.requests_served()
     with pytest.raises(ValueError, match=r"\$R1_TEST_TEACHER_KEY, which is not set"):
-        stages.rejection_sampling(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
+        stages.run_stage(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
     assert server.requests_served() == before
 
 
 def test_outage_mid_run_loses_nothing_and_the_rerun_samples_only_the_rest(server, data_dir):
-    from r1core.teachers import EndpointError
+    from r1core.sampling import EndpointError
 
     # llama.cpp's server answers n=2 with one choice; use_n=false asks once per sample from the start
     recipe = _recipe(server.url, "endpoint-outage", max_concurrency=1, max_retries=1, timeout_s=120, use_n=False)
     parent = stages.start_pipeline(recipe)
-    cur = stages.curate(recipe, "curate", parent)
+    cur = stages.run_stage(recipe, "curate", parent)
     work = Path(os.environ["R1_STATE_DIR"]) / "work" / "rejection"
 
     def saved() -> dict[str, list[str]]:
@@ -146,14 +146,14 @@ def test_outage_mid_run_loses_nothing_and_the_rerun_samples_only_the_rest(server
     watcher = threading.Thread(target=stop_after_two)
     watcher.start()
     with pytest.raises(EndpointError, match="re-run the stage to resume"):
-        stages.rejection_sampling(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
+        stages.run_stage(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
     watcher.join()
     first = saved()
     assert 2 <= len(first) < 6
 
     server.start()
     before = server.requests_served()
-    out = stages.rejection_sampling(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
+    out = stages.run_stage(recipe, "rejection_sampling", parent, data=cur["dataset_uri"])
     assert server.requests_served() - before == 2 * (6 - len(first))  # k=2 requests per remaining problem only
 
     client = MlflowClient()

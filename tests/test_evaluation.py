@@ -87,19 +87,24 @@ def test_evaluation_resumes_from_written_samples(tiny_model_dir, tmp_path, data_
     from r1core.evaluation import evaluate_benchmark
     from r1core.generation import SamplingParams
     from r1core.models import load_model_and_tokenizer
+    from r1core.sampling import EngineSampler
 
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    sampler = EngineSampler(model, tok, str(tiny_model_dir), batch_size=1)
     problems = data.load("aime24")[0].to_pandas().head(3)
     path = tmp_path / "aime24.jsonl"
     params = SamplingParams(max_new_tokens=4, seed=1)
-    m1, s1 = evaluate_benchmark(model, tok, problems, k=2, params=params, batch_size=1, results_path=path)
+    m1, s1 = evaluate_benchmark(sampler, problems, k=2, params=params, results_path=path)
     assert len(path.read_text().splitlines()) == 6 and len(s1) == 6
-    # a crash after the first chunk (4 samples) leaves 4 lines: the rerun generates only the last 2
-    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    # a kill after the first chunk (4 samples) and mid-way through writing the 5th line: the cut
+    # line is dropped, and the rerun generates only the last 2 samples
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:4]) + "\n" + lines[4][: len(lines[4]) // 2])
     calls = []
-    m2, s2 = evaluate_benchmark(model, tok, problems, k=2, params=params, batch_size=1, results_path=path,
-                                progress=lambda done, total, tps: calls.append(total))
+    sampler.on_batch = lambda done, total, tps: calls.append(total)
+    m2, s2 = evaluate_benchmark(sampler, problems, k=2, params=params, results_path=path)
     assert sum(1 for _ in calls) == 2 and len(s2) == 6
+    assert len(path.read_text().splitlines()) == 6  # the cut line was replaced, not joined
     assert list(s2["completion"][:4]) == list(s1["completion"][:4])   # kept, not re-sampled
     assert set(m2) >= {"pass@1", "pass@2", "cons@2", "pass@1_stderr", "truncated_fraction"}
 

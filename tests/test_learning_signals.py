@@ -69,9 +69,9 @@ def test_grpo_evaluates_during_training_and_logs_the_r1_figures(tiny_model_dir):
                  "args": {"per_device_train_batch_size": 4}}}})
     stages.validate(recipe)
     parent = stages.start_pipeline(recipe)
-    cur = stages.curate(recipe, "curate", parent)
+    cur = stages.run_stage(recipe, "curate", parent)
     assert cur["heldout_problems"] == 16
-    out = stages.grpo(recipe, "grpo", parent, data=cur["dataset_uri"], model=str(tiny_model_dir))
+    out = stages.run_stage(recipe, "grpo", parent, data=cur["dataset_uri"], model=str(tiny_model_dir))
     client = MlflowClient()
     for name in ("heldout", "math500"):
         history = client.get_metric_history(out["run_id"], f"eval/{name}/pass_at_1")
@@ -94,7 +94,7 @@ def test_grpo_evaluates_during_training_and_logs_the_r1_figures(tiny_model_dir):
         **recipe.model_dump(mode="json")["stages"],
         "evaluate": {"model": "grpo.output", "heldout": "curate.output", "benchmarks": ["math500"], "limit": 2,
                      "num_samples": 2, "max_new_tokens": 4, "stop_strings": ["</answer>"]}}})
-    result = stages.evaluate(ev, "evaluate", parent, model=out["model_uri"], heldout=cur["dataset_uri"])
+    result = stages.run_stage(ev, "evaluate", parent, model=out["model_uri"], heldout=cur["dataset_uri"])
     assert result["metrics"]["heldout/num_problems"] == 16 and result["metrics"]["math500/num_problems"] == 2
     assert 0.0 <= result["metrics"]["heldout/pass@1"] <= 1.0
 
@@ -112,5 +112,5 @@ def test_sft_on_an_empty_trace_set_fails_with_the_fix(tiny_model_dir, tmp_path):
     with tracking.stage_run(parent, "rejection_sampling"):
         uri, _ = tracking.log_dataset(pd.DataFrame(), "sft_traces", "generated")
     with pytest.raises(ValueError, match="holds no traces"):
-        stages.sft(recipe, "sft", parent, data=uri, student=str(tiny_model_dir))
+        stages.run_stage(recipe, "sft", parent, data=uri, student=str(tiny_model_dir))
     assert mlflow.active_run() is None

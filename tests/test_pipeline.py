@@ -58,6 +58,33 @@ def test_parent_and_one_child_per_stage(pipeline_runs):
     assert "math500/pass_at_1" in parent.data.metrics
 
 
+def test_prefect_orders_the_stages_by_their_inputs(pipeline_runs):
+    """Each stage task is submitted with its upstream tasks' futures: Prefect records them as the
+    task run's inputs (the edges of the flow run's graph in the UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter,
+                                                TaskRunFilterFlowRunId)
+
+    first, _, _ = pipeline_runs
+    pipeline_id = MlflowClient().get_run(first["parent_run_id"]).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        graph_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_id])))
+        assert [r.name for r in graph_runs] and {r.flow_id for r in graph_runs}
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in graph_runs])))
+    by_name = {r.name: r for r in runs}
+    assert set(STAGE_TYPES) <= set(by_name)
+
+    def upstream(stage):
+        return {str(i.id) for i in by_name[stage].task_inputs.get("upstream", [])}
+
+    assert str(by_name["curate"].id) in upstream("grpo")
+    assert {str(by_name["grpo"].id), str(by_name["curate"].id)} <= upstream("rejection_sampling")
+    assert str(by_name["rejection_sampling"].id) in upstream("sft") and str(by_name["sft"].id) in upstream("evaluate")
+    assert str(by_name["evaluate"].id) in upstream("register")
+
+
 def test_datasets_are_logged_with_contexts(pipeline_runs):
     first, _, _ = pipeline_runs
     client = MlflowClient()
@@ -140,7 +167,7 @@ def test_nightly_eval_compares_with_the_previous_night(pipeline_runs):
     assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_url"]  # the nightly flow run, linked back
     import mlflow
 
-    from r1core.stages import logged_model_id
+    from r1core.models import logged_model_id
 
     assert logged_model_id(f"models:/{name}@champion") == first["sft"]["model_id"]
     student = mlflow.get_logged_model(first["sft"]["model_id"])   # alias evaluations reach the LoggedModel

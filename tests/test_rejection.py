@@ -9,16 +9,16 @@ import pytest
 from r1core.config import RejectionSamplingConfig
 from r1core.generation import SamplingParams
 from r1core.rejection import rejection_sample, sample_with_resume
-from r1core.teachers import TeacherSample
+from r1core.sampling import Completion
 
 GOOD = "<think>\n2 plus 2 makes 4\n</think>\n<answer>4</answer>"
 RESPONSES = {
-    "good": TeacherSample(GOOD, 20, False),
-    "mixed": TeacherSample("<think>\n2 加 2 等于 4 所以 答案 是 4\n</think>\n<answer>4</answer>", 20, False),
-    "loop": TeacherSample("<think>\n" + "two plus two " * 40 + "\n</think>\n<answer>4</answer>", 200, False),
-    "cut": TeacherSample("<think>\n2 plus 2 makes", 64, True),
-    "wrong": TeacherSample("<think>\n2 plus 2 makes 5\n</think>\n<answer>5</answer>", 20, False),
-    "again": TeacherSample(GOOD, 20, False),
+    "good": Completion(GOOD, 20, False),
+    "mixed": Completion("<think>\n2 加 2 等于 4 所以 答案 是 4\n</think>\n<answer>4</answer>", 20, False),
+    "loop": Completion("<think>\n" + "two plus two " * 40 + "\n</think>\n<answer>4</answer>", 200, False),
+    "cut": Completion("<think>\n2 plus 2 makes", 64, True),
+    "wrong": Completion("<think>\n2 plus 2 makes 5\n</think>\n<answer>5</answer>", 20, False),
+    "again": Completion(GOOD, 20, False),
 }
 
 

@@ -25,7 +25,7 @@ logging.basicConfig(level=logging.INFO)
 from r1core import stages
 from r1core.config import recipe_from_dict
 recipe = recipe_from_dict(json.loads(sys.argv[1]))
-stages.grpo(recipe, "grpo", sys.argv[2], data=sys.argv[3], model=sys.argv[4])
+stages.run_stage(recipe, "grpo", sys.argv[2], data=sys.argv[3], model=sys.argv[4])
 """
 
 

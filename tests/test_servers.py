@@ -27,8 +27,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, data_dir):
-    """Both servers (r1core.servers.start) in a fresh state folder, plus `r1 serve` against them."""
-    from r1core import servers
+    """Both servers (deployments.servers.start) in a fresh state folder, plus `r1 serve` against them."""
+    from deployments import servers
 
     state = tmp_path_factory.mktemp("live-state")
     saved = {k: os.environ.get(k) for k in ("R1_STATE_DIR", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
@@ -37,7 +37,7 @@ def live(tmp_path_factory, data_dir):
     live = servers.start(_free_port(), _free_port())
     env = {**os.environ, **live.env}
     serve_log = state / "serve.log"
-    serve = subprocess.Popen([sys.executable, "-m", "r1core.cli", "serve"], cwd=ROOT, env=env,
+    serve = subprocess.Popen([sys.executable, "-m", "deployments.cli", "serve"], cwd=ROOT, env=env,
                              stdout=serve_log.open("w"), stderr=subprocess.STDOUT)
     try:
         yield live, env, serve_log

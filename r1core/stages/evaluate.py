@@ -1,6 +1,7 @@
-"""The ``evaluate`` stage: R1-protocol evaluation of a model on the recipe's benchmarks, with the
-s1 budget-forcing sweep and the comparison against the previous evaluation of the same model
-reference. Metrics attach to the model's LoggedModel; results are resumable per sample.
+"""The ``evaluate`` stage: R1-protocol evaluation of a model on the recipe's benchmarks
+(:mod:`r1core.evaluation`), with the s1 budget-forcing sweep (:mod:`r1core.budget`) and the
+comparison against the previous evaluation of the same model reference (:mod:`r1core.compare`).
+Metrics attach to the model's LoggedModel; results are resumable per sample.
 """
 
 from __future__ import annotations
@@ -13,48 +14,52 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from r1core import data, models, tracking
+from r1core import data, tracking
 from r1core.config import Recipe
+from r1core.models import canonical_model_uri, logged_model_id
 from r1core.stage_utils import finite, progress, sha, work_dir
+from r1core.stages.common import HELDOUT, TAG_STAGE_TYPE, heldout_uri
 
 
 def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str,
-             heldout: str | None = None) -> dict[str, Any]:
+             heldout: str | None = None, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """R1-protocol evaluation of ``model`` (a model URI or reference) on stage ``name``'s
     benchmarks, and on the held-out problems beside data set ``heldout`` (a curate stage's
     output URI) as benchmark ``heldout``; metrics attach to the model's LoggedModel
     (``model_id``). With no ``parent_run_id`` the evaluation is a run of its own (the
-    ``evaluate`` flow)."""
+    ``evaluate`` flow), tagged with ``run_tags`` (e.g. the Prefect flow run that asked for it)."""
     from r1core.evaluation import evaluate_benchmark
     from r1core.generation import SamplingParams
+    from r1core.sampling import build_sampler
 
     cfg, model_uri = recipe.stages[name], model
     model_id = logged_model_id(model_uri)
-    tags = {"r1.stage_type": "evaluate"}
-    ctx = tracking.stage_run(parent_run_id, name, tags=tags) if parent_run_id else _standalone_run(recipe, name)
+    tags = {TAG_STAGE_TYPE: "evaluate"}
+    ctx = (tracking.stage_run(parent_run_id, name, tags=tags) if parent_run_id
+           else _standalone_run(recipe, name, run_tags or {}))
     canonical = canonical_model_uri(model_uri)
     with ctx as run:
         mlflow.set_tags({"r1.evaluated_model": model_uri, "r1.evaluated_model_canonical": canonical})
         mlflow.log_params({f"evaluate.{k}": (",".join(v) if isinstance(v, list) else v)
                            for k, v in cfg.model_dump().items() if k not in ("type", "model")})
-        lm, tok = models.load_model_and_tokenizer(model_uri, for_inference=True)
+        sampler = build_sampler(cfg.engine, model_uri, template=cfg.prompt_template, stop_strings=cfg.stop_strings,
+                                batch_size=cfg.batch_size, vllm=cfg.vllm.llm_kwargs())
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=recipe.seed)
         all_metrics: dict[str, float] = {}
         for spec, problems, source in _benchmarks(cfg, heldout):
-            name = spec if spec == "heldout" else data.parse_spec(spec)[0]
-            if cfg.limit and spec != "heldout":  # the held-out set is sized by its curate stage
+            name = spec if spec == HELDOUT else data.parse_spec(spec)[0]
+            if cfg.limit and spec != HELDOUT:  # the held-out set is sized by its curate stage
                 problems = problems.head(cfg.limit)
             dataset = tracking.pandas_dataset(problems, source, name, "answer")
             tracking.log_input(dataset, "evaluation")
             t0 = time.perf_counter()
-            key = sha(json.dumps([canonical, spec if spec != "heldout" else source, _protocol(cfg), recipe.seed],
+            key = sha(json.dumps([canonical, spec if spec != HELDOUT else source, _protocol(cfg), recipe.seed],
                                  sort_keys=True))
             results_path = work_dir("eval") / f"{name}-{key}.jsonl"
-            metrics, samples = evaluate_benchmark(lm, tok, problems, k=cfg.num_samples, params=params,
-                                                  template=cfg.prompt_template, batch_size=cfg.batch_size,
-                                                  results_path=results_path, progress=progress(f"evaluate/{name}"),
-                                                  stop_strings=cfg.stop_strings)
+            sampler.on_batch = progress(f"evaluate/{name}")
+            metrics, samples = evaluate_benchmark(sampler, problems, k=cfg.num_samples, params=params,
+                                                  results_path=results_path)
             metrics["seconds"] = time.perf_counter() - t0
             prefixed = {f"{name}/{k}": v for k, v in finite(metrics).items()}
             tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
@@ -62,7 +67,7 @@ def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str,
                                f"samples/{name}.json")
             all_metrics.update(prefixed)
         if cfg.budget_forcing is not None:
-            all_metrics.update(_budget_sweep(recipe, cfg, lm, tok, params, canonical))
+            all_metrics.update(_budget_sweep(recipe, cfg, sampler, params, canonical))
         comparison = _compare_with_previous(run, model_uri, all_metrics)
         return {"run_id": run.info.run_id, "model_uri": model_uri, "canonical_model_uri": canonical,
                 "metrics": all_metrics, "previous_run_id": comparison.baseline_run_id,
@@ -74,10 +79,8 @@ def _benchmarks(cfg, heldout: str | None):
     for spec in cfg.benchmarks:
         yield spec, data.load(spec)[0].to_pandas(), data.source_uri(spec)
     if heldout:
-        from r1core.stages import heldout_uri
-
         uri = heldout_uri(heldout)
-        yield "heldout", tracking.read_dataset(uri), uri
+        yield HELDOUT, tracking.read_dataset(uri), uri
 
 
 def _protocol(cfg) -> dict:
@@ -85,7 +88,7 @@ def _protocol(cfg) -> dict:
     return cfg.model_dump(mode="json", exclude={"type", "model", "heldout"})
 
 
-def _budget_sweep(recipe: Recipe, cfg, model, tok, params, canonical: str) -> dict[str, float]:
+def _budget_sweep(recipe: Recipe, cfg, sampler, params, canonical: str) -> dict[str, float]:
     """s1 budget forcing at each thinking budget: metrics ``<bench>/budget/<N>/pass@1``, a table
     ``budget_forcing/results.json`` and the plot ``budget_forcing/accuracy_vs_budget.png``."""
     import functools
@@ -105,13 +108,13 @@ def _budget_sweep(recipe: Recipe, cfg, model, tok, params, canonical: str) -> di
         problems = data.load(spec)[0].to_pandas()
         problems = problems.head(cfg.limit) if cfg.limit else problems
         for budget in bf.max_thinking_tokens:
-            fn = functools.partial(budget_forced_generate, max_thinking_tokens=budget, num_waits=bf.num_waits,
+            fn = functools.partial(budget_forced_generate, sampler, max_thinking_tokens=budget, num_waits=bf.num_waits,
                                    answer_tokens=bf.answer_tokens)
             key = sha(json.dumps([canonical, spec, _protocol(cfg), budget, recipe.seed], sort_keys=True))
-            m, _ = evaluate_benchmark(model, tok, problems, k=cfg.num_samples, params=params,
-                                      template=cfg.prompt_template, batch_size=cfg.batch_size,
+            sampler.on_batch = progress(f"budget_forcing/{name}/{budget}")
+            m, _ = evaluate_benchmark(sampler, problems, k=cfg.num_samples, params=params,
                                       results_path=work_dir("eval") / f"{name}-budget{budget}-{key}.jsonl",
-                                      progress=progress(f"budget_forcing/{name}/{budget}"), generate_fn=fn)
+                                      generate_fn=fn)
             rows.append({"benchmark": name, "max_thinking_tokens": budget, "num_waits": bf.num_waits,
                          "pass@1": m["pass@1"], "pass@1_stderr": m["pass@1_stderr"],
                          "mean_completion_tokens": m["mean_completion_tokens"]})
@@ -149,39 +152,8 @@ def _compare_with_previous(run, model_uri: str, metrics: dict[str, float]):
     return comparison
 
 
-def canonical_model_uri(uri: str) -> str:
-    """``models:/name@alias`` as the version it points at now (``models:/name/3``); other URIs as they are.
-
-    Aliases move; results cached for resumption and comparisons must name the exact version.
-    """
-    if uri.startswith("models:/") and "@" in uri:
-        name, alias = uri.removeprefix("models:/").split("@", 1)
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-        return f"models:/{name}/{version.version}"
-    return uri
-
-
-def logged_model_id(uri: str) -> str | None:
-    """The LoggedModel id behind ``models:/m-...``, ``models:/name/3`` or ``models:/name@alias``
-    (so evaluation metrics attach to the model); ``None`` for paths and hub ids."""
-    if uri.startswith("models:/m-"):
-        return uri.removeprefix("models:/")
-    if not uri.startswith("models:/"):
-        return None
-    name, version = canonical_model_uri(uri).removeprefix("models:/").rsplit("/", 1)
-    try:
-        mv = MlflowClient().get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:
-        return None
-    if getattr(mv, "model_id", None):
-        return mv.model_id
-    # A version registered from "models:/m-..." keeps that URI as its source (model_id may be unset).
-    source = mv.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
-
-
-def _standalone_run(recipe: Recipe, name: str):
+def _standalone_run(recipe: Recipe, name: str, run_tags: dict[str, str]):
     exp_id = tracking.setup(recipe.experiment_name)
     return mlflow.start_run(experiment_id=exp_id, run_name=name,
-                            tags={**tracking.environment_tags(), **tracking.orchestrator_tags(), tracking.TAG_STAGE: name,
-                                  "r1.stage_type": "evaluate", tracking.TAG_RECIPE: recipe.name})
+                            tags={**tracking.environment_tags(), **run_tags, tracking.TAG_STAGE: name,
+                                  TAG_STAGE_TYPE: "evaluate", tracking.TAG_RECIPE: recipe.name})

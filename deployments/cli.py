@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return _eval(args)
         if args.command == "ui":
-            from r1core import servers
+            from deployments import servers
 
             return servers.ui(args.prefect_port, args.mlflow_port)
         if args.command == "serve":
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def servers_error() -> type:
-    from r1core.servers import ServerStartError
+    from deployments.servers import ServerStartError
 
     return ServerStartError
 
