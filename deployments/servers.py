@@ -2,7 +2,7 @@
 
 ``r1 ui`` (:func:`ui`) starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store and
 artifacts folder) on 127.0.0.1, waits until both answer, prints their URLs and the two variables
-that point flows at them, and stops both on Ctrl-C. ``r1 serve`` (:func:`deployments.serve.main`) serves the deployments
+that point flows at them, and stops both (and their children) on Ctrl-C or SIGTERM. ``r1 serve`` (:func:`deployments.serve.main`) serves the deployments
 against that Prefect server, so Run in the Prefect UI executes here. Neither imports Prefect.
 """
 
@@ -38,15 +38,28 @@ class Servers:
         """The variables that send flows and tracking to these servers."""
         return {"PREFECT_API_URL": f"{self.prefect_url}/api", "MLFLOW_TRACKING_URI": self.mlflow_url}
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop both servers and everything they started (each runs in a process group of its own:
+        mlflow's and Prefect's worker processes included): SIGINT to each group, SIGKILL to what is
+        left after ``timeout`` seconds."""
         for proc in (self.prefect, self.mlflow):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+            _signal_group(proc, signal.SIGINT)
+        deadline = time.time() + timeout
         for proc in (self.prefect, self.mlflow):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            _signal_group(proc, signal.SIGKILL)  # the group's other members may outlive its leader
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group ``proc`` leads (it was started with ``start_new_session``)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # the group is gone
+        pass
 
 
 def _bin(name: str) -> str:
@@ -84,11 +97,11 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
     p_log, m_log = logs / "prefect.log", logs / "mlflow.log"
     prefect = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-                               stdout=p_log.open("w"), stderr=subprocess.STDOUT, env=env)
+                               stdout=p_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     mlflow = subprocess.Popen([_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                                "--backend-store-uri", f"sqlite:///{state_dir() / 'mlflow.db'}",
                                "--default-artifact-root", artifact_root()],
-                              stdout=m_log.open("w"), stderr=subprocess.STDOUT, env=env)
+                              stdout=m_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     servers = Servers(prefect, mlflow, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
     try:
         wait_for(f"{servers.prefect_url}/api/health", prefect, p_log, timeout)
@@ -99,13 +112,19 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
     return servers
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def ui(prefect_port: int, mlflow_port: int) -> int:
-    """``r1 ui``: start both servers, print where they are, wait for Ctrl-C."""
+    """``r1 ui``: start both servers, print where they are, wait for Ctrl-C or SIGTERM (either stops
+    both servers and their children within seconds)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     servers = start(prefect_port, mlflow_port)
     print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
           "Send flows and tracking there (in another shell):\n"
           + "".join(f"  export {k}={v}\n" for k, v in servers.env.items())
-          + "  r1 serve     # serve the deployments: Run them from the Prefect UI\n\nCtrl-C stops both servers.",
+          + "  r1 serve     # serve the deployments: Run them from the Prefect UI\n\nCtrl-C (or SIGTERM) stops both servers.",
           flush=True)
     try:
         while servers.prefect.poll() is None and servers.mlflow.poll() is None:

@@ -33,8 +33,22 @@ from r1core.graph import check_graph
 STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        """YAML's ``true`` is not a number: pydantic would turn ``max_steps: true`` into 1."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and field.annotation in _NUMBERS:
+                    raise ValueError(f"{key}: expected a number, got {str(value).lower()}")
+        return data
 
 
 class _Stage(_Section):
@@ -480,7 +494,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         shipped = sorted(p.name for p in Path("recipes").glob("*.yaml")) if Path("recipes").is_dir() else []
         raise RecipeError(f"Recipe file {path} not found." + (f" Shipped recipes: {', '.join(shipped)}." if shipped else ""))
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{where}: YAML syntax error: {what}.") from None
     if not isinstance(data, dict):
         raise RecipeError(f"Recipe {path} must be a YAML mapping of keys to values.")
     data.setdefault("name", path.stem)
@@ -513,6 +533,24 @@ def evaluation_recipe(recipe: Recipe, model: str, stage: str | None = None,
     return recipe_from_dict(data, source=f"{recipe.name} (evaluation of {model})"), name
 
 
+def check_args(config_cls, section: str, args: dict[str, Any]) -> None:
+    """Check a stage's ``args`` keys against the TRL config class they will build (``GRPOConfig``,
+    ``SFTConfig``, or a subclass), before any work.
+
+    Raises:
+        ValueError: a key the class does not have, named with its closest field and the fix.
+    """
+    import difflib
+
+    fields = set(config_cls.__dataclass_fields__)
+    unknown = sorted(set(args) - fields)
+    if unknown:
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, fields, n=1)) else k
+                 for k in unknown]
+        raise ValueError(f"{section}.args has keys {config_cls.__name__} does not know: {', '.join(hints)}. "
+                         f"Check the spelling against TRL's {config_cls.__name__} documentation.")
+
+
 def trl_config(config_cls, section: str, defaults: dict[str, Any], extra: dict[str, Any], *,
                output_dir: str, seed: int, use_cpu: bool):
     """Build a TRL config (``GRPOConfig``, ``SFTConfig``): common training defaults, then a
@@ -524,10 +562,7 @@ def trl_config(config_cls, section: str, defaults: dict[str, Any], extra: dict[s
     Raises:
         ValueError: an ``args`` key the config class does not have, named with the fix.
     """
-    unknown = sorted(set(extra) - set(config_cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{section}.args has keys trl.{config_cls.__name__} does not know: {unknown}. "
-                         f"Check the spelling against TRL's {config_cls.__name__} documentation.")
+    check_args(config_cls, section, extra)
     common = dict(output_dir=output_dir, seed=seed, use_cpu=use_cpu, logging_steps=1, save_strategy="no",
                   report_to=["mlflow"], bf16=False, gradient_checkpointing=False, dataloader_num_workers=0)
     return config_cls(**{**common, **defaults, **extra})

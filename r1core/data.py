@@ -16,6 +16,7 @@ AMC numbers such as ``27.0`` become ``27``; AIME strings are kept as they are (`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -189,8 +190,27 @@ def load_raw(spec: str) -> datasets.Dataset:
     mirror = data_dir()
     entry = CATALOG[name]
     if mirror is not None:
-        return datasets.load_dataset("json", data_files=str(_mirror_file(mirror, name, split)), split="train")
+        path = _mirror_file(mirror, name, split)
+        try:
+            return datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as err:  # datasets says only "An error occurred while generating the dataset"
+            raise DataError(_first_bad_line(path) or f"{path}: cannot be read as JSON lines: {err}") from err
     return datasets.load_dataset(entry.hub_id, entry.hub_config, split=split)
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """``"<path>:<line>: ..."`` for the first line of a JSON-lines file that is not a JSON object."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except json.JSONDecodeError as err:
+                return f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); fix or remove that line."
+            if not ok:
+                return f"{path}:{number}: not a JSON object; each line must be one record {{...}}."
+    return None
 
 
 def load(spec: str) -> tuple[datasets.Dataset, dict[str, int]]:

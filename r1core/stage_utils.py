@@ -61,7 +61,7 @@ def release_memory(stage: str) -> None:
     gc.collect()
     before = _resident_gb()
     if trim_heap():
-        logger.info("stage %s done; resident memory %.2f GB -> %.2f GB after returning freed memory", stage,
+        logger.info("after stage %s: resident memory %.2f GB -> %.2f GB once freed memory is returned", stage,
                     before, _resident_gb())
 
 

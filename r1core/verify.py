@@ -24,8 +24,10 @@ Each row says how its answer is checked (its ``answer_type``, :data:`ANSWER_TYPE
 Bounded in time on any thread: math-verify's timeouts use ``signal.alarm``, which works only on
 a process's main thread, and Prefect runs submitted tasks on pool threads. So parsing and
 comparison run in worker processes (on their own main thread, where math-verify's timeouts
-work), and the caller also waits with a deadline; a sample that misses it scores as incorrect
-with status ``"timeout"`` and the stuck worker pool is replaced.
+work), and the caller also waits with a deadline; the samples of a chunk that misses it are
+retried one by one on a fresh pool, and a sample that misses it again scores as incorrect with
+status ``"timeout"``. Workers that cannot start at all raise :class:`VerifierUnavailable` with the
+fix, rather than scoring everything 0.
 """
 
 from __future__ import annotations
@@ -318,7 +320,10 @@ def verify_batch(completions: list[str], golds: list[str], *, answer_types: list
 
     Safe from any thread; bounded in time: each chunk of ``chunk_size`` samples must finish
     within ``chunk_size * 2 * TIMEOUT_S + 10`` seconds of the wait starting (math-verify's own
-    timeouts make that very loose), else its samples get status ``timeout`` (scored incorrect).
+    timeouts make that very loose). The samples of a chunk that missed it (or whose worker died)
+    are verified again, each on its own, by a fresh pool, so one hostile sample never changes its
+    neighbours' verdicts and a loaded machine's slow chunk is not scored wrong; what misses the
+    deadline twice gets status ``timeout`` (scored incorrect) and is counted in a warning.
 
     Args:
         completions: model outputs (plain text).
@@ -333,6 +338,8 @@ def verify_batch(completions: list[str], golds: list[str], *, answer_types: list
 
     Raises:
         ValueError: the lists differ in length, or an unknown answer type (before any work).
+        VerifierUnavailable: the worker processes cannot start (the message names the cause and
+            the fix); never a silent score of 0.
     """
     n = len(completions)
     answer_types = [t or "math" for t in answer_types] if answer_types is not None else ["math"] * n
@@ -346,29 +353,77 @@ def verify_batch(completions: list[str], golds: list[str], *, answer_types: list
     if not completions:
         return []
     pairs = [(str(c), str(g), t, str(m)) for c, g, t, m in zip(completions, golds, answer_types, metadata)]
+    results = _run(pairs, chunk_size)
+    missed = [i for i, r in enumerate(results) if r is None]
+    if missed:
+        logger.warning("verifier: %d of %d samples missed the deadline or lost their worker; verifying each "
+                       "again on a fresh worker", len(missed), n)
+        for i, r in zip(missed, _run([pairs[i] for i in missed], 1)):
+            results[i] = r
+        timeouts = sum(r is None for r in results)
+        if timeouts:
+            logger.warning("verifier: %d of %d samples timed out twice: scored incorrect (status timeout, counted "
+                           "as verifier timeouts)", timeouts, n)
+    return [Verdict(*r) if r is not None else Verdict(False, None, "timeout") for r in results]
+
+
+class VerifierUnavailable(RuntimeError):
+    """The verifier's worker processes cannot start; scoring would otherwise be 0 everywhere."""
+
+
+def _run(pairs: list[tuple[str, str, str, str]], chunk_size: int) -> list[tuple | None]:
+    """Each pair's verdict fields, ``None`` where its chunk missed the deadline or its worker died.
+
+    Raises:
+        VerifierUnavailable: no chunk finished because workers could not be started, twice, and a
+            fresh worker cannot run a trivial check either.
+    """
     chunks = [pairs[i : i + chunk_size] for i in range(0, len(pairs), chunk_size)]
+    for attempt in range(2):
+        pool = _POOL.get()
+        try:
+            futures = [pool.submit(_verify_chunk, chunk) for chunk in chunks]
+        except (BrokenProcessPool, RuntimeError):
+            _POOL.kill(pool)
+            continue
+        rounds = -(-len(chunks) // _POOL.workers)
+        done, _ = wait(futures, timeout=rounds * chunk_size * 2 * TIMEOUT_S + _GRACE_S)
+        ok = [f in done and f.exception() is None for f in futures]
+        broken = all(f in done and isinstance(f.exception(), BrokenProcessPool) for f in futures)
+        if not all(ok):
+            _POOL.kill(pool)
+        if broken and attempt == 0:
+            continue  # every chunk lost its worker: a fresh pool, once
+        if broken and not _workers_start():
+            raise VerifierUnavailable(_UNAVAILABLE)
+        out: list[tuple | None] = []
+        for chunk, fut, good in zip(chunks, futures, ok):
+            out.extend(fut.result() if good else [None] * len(chunk))
+        return out
+    if not _workers_start():
+        raise VerifierUnavailable(_UNAVAILABLE)
+    return [None] * len(pairs)
+
+
+_UNAVAILABLE = (
+    "The verifier's worker processes could not start, so no answer can be checked (every score would be 0). "
+    "They are started with multiprocessing's spawn method, which re-imports your program's main module: put "
+    "the code that runs a stage under `if __name__ == \"__main__\":` in your script, and run programs from a "
+    "file or with `python -c`, not from standard input. The workers' own error is printed above.")
+
+
+def _probe() -> bool:
+    return True
+
+
+def _workers_start(timeout_s: float = 120.0) -> bool:
+    """Whether a fresh worker pool can run a trivial task (start-up includes importing math-verify)."""
     pool = _POOL.get()
     try:
-        futures = [pool.submit(_verify_chunk, chunk) for chunk in chunks]
-    except (BrokenProcessPool, RuntimeError):
+        return bool(pool.submit(_probe).result(timeout=timeout_s))
+    except Exception:
         _POOL.kill(pool)
-        pool = _POOL.get()
-        futures = [pool.submit(_verify_chunk, chunk) for chunk in chunks]
-    rounds = -(-len(chunks) // _POOL.workers)
-    deadline = rounds * chunk_size * 2 * TIMEOUT_S + _GRACE_S
-    done, _ = wait(futures, timeout=deadline)
-    out: list[Verdict] = []
-    hung = False
-    for chunk, fut in zip(chunks, futures):
-        if fut in done and fut.exception() is None:
-            out.extend(Verdict(*r) for r in fut.result())
-        else:
-            hung = True
-            out.extend(Verdict(False, None, "timeout") for _ in chunk)
-    if hung:
-        logger.warning("verifier: a worker missed its deadline or died; scoring its samples as timeouts")
-        _POOL.kill(pool)
-    return out
+        return False
 
 
 def verify_one(completion: str, gold: str, answer_type: str = "math", metadata: str = "") -> Verdict:

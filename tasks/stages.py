@@ -74,10 +74,21 @@ class LibraryVersion(CachePolicy):
 #: The stages' cache policy.
 STAGE_CACHE_POLICY = StageInputs() + TASK_SOURCE + LibraryVersion()
 
-_TASK = dict(persist_result=True, retry_delay_seconds=10)
+def retry_unless_input_error(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn``: retry what may pass on a second try (an endpoint outage, a
+    killed process), not an error a rerun repeats: bad input (``ValueError``: recipe, data, model
+    references, TRL args; each names its fix) or a verifier that cannot start."""
+    from r1core.verify import VerifierUnavailable
+
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return not isinstance(exc, (ValueError, VerifierUnavailable))
 
 
-@task(name="base-model", retries=1, cache_policy=NO_CACHE, retry_delay_seconds=10)
+_TASK = dict(persist_result=True, retry_delay_seconds=10, retry_condition_fn=retry_unless_input_error)
+
+
+@task(name="base-model", retries=1, cache_policy=NO_CACHE, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_input_error)
 def base_model(recipe_json: str) -> dict:
     """Log the base model to MLflow once (found again by tag) and return its URI."""
     try:

@@ -261,5 +261,5 @@ def test_release_memory_returns_freed_heap_to_the_os(caplog):
     with caplog.at_level(logging.INFO, logger="r1core.stages"):
         release_memory("test")
     assert held - _resident_gb() > 0.15, "malloc_trim returned less than 150 MB of the ~256 MB freed"
-    assert "stage test done; resident memory" in caplog.text
+    assert "after stage test: resident memory" in caplog.text
     del pin

@@ -158,3 +158,38 @@ def test_mlflow_ui_shows_the_evaluation_run_with_its_metrics(live, evaluated, br
     page.get_by_text("aime24/pass_at_1").first.wait_for(timeout=120_000)
     assert page.get_by_text(run.info.run_name).count() > 0
     assert _screenshot(page, "mlflow-run").stat().st_size > 10_000
+
+
+def test_r1_ui_stops_both_servers_and_their_children_on_sigterm(tmp_path):
+    """SIGTERM to ``r1 ui`` (what a service manager or ``kill`` sends) stops mlflow and prefect and
+    every process they started, within seconds; nothing of its session is left."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "R1_STATE_DIR": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "deployments.cli", "ui", "--prefect-port", str(prefect_port),
+                           "--mlflow-port", str(mlflow_port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started: list = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and "MLflow UI" not in (line := ui.stdout.readline()):
+            assert line or ui.poll() is None, "r1 ui exited before its servers answered"
+        started = [p for p in psutil.Process(ui.pid).children(recursive=True)]
+        assert len(started) >= 2  # the two servers, and their workers
+        t0 = time.time()
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline()[:3] for p in alive]
+        assert time.time() - t0 < 60
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)  # the session this test started
+        for proc in started:  # this test's own descendants, should the assertion above have failed
+            if proc.is_running():
+                proc.kill()

@@ -164,3 +164,25 @@ def test_every_math500_gold_solution_verifies_against_its_answer(data_dir):
     verdicts = verify_batch(list(rows["solution"]), list(rows["answer"]))
     wrong = [(a, v) for a, v in zip(rows["answer"], verdicts) if not v.correct]
     assert not wrong, wrong[:5]
+
+
+@pytest.mark.parametrize("how", ["script without a main guard", "program read from stdin"])
+def test_workers_that_cannot_start_raise_instead_of_scoring_zero(tmp_path, how):
+    """Spawned workers re-import the main module: without a main guard (or from stdin) they die at
+    start-up. That must stop the caller with the fix, not score every sample 0 (MATH-500's gold
+    solutions scored 0.000 that way)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
+            "from r1core.verify import verify_batch\n"
+            "print('verdicts', verify_batch(['\\\\boxed{4}'], ['4']))\n")
+    script = tmp_path / "no_guard.py"
+    script.write_text(code)
+    args = [sys.executable, str(script)] if how.startswith("script") else [sys.executable, "-"]
+    proc = subprocess.run(args, input=None if how.startswith("script") else code, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode != 0 and "verdicts" not in proc.stdout
+    assert "VerifierUnavailable" in proc.stderr and '__name__ == "__main__"' in proc.stderr
