@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from r1core import graph, stages, summary
+from r1core import graph, stages, summary, tracking
 from r1core.config import Recipe, load_recipe
 from tasks import stages as stage_tasks
 
@@ -51,7 +51,11 @@ def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str
     parent = stages.start_pipeline(cfg, flow_run.get_id(), stage_tasks.flow_run_ui_url())
     log.info("MLflow parent run %s (experiment %s)", parent, cfg.experiment_name)
     runner = ThreadPoolTaskRunner(max_workers=cfg.concurrency)
-    out = stage_graph.with_options(task_runner=runner)(cfg.to_json(), selected, parent, fresh)
+    try:
+        out = stage_graph.with_options(task_runner=runner)(cfg.to_json(), selected, parent, fresh)
+    except BaseException:  # a stage failed (or the run was interrupted): the lineage says so
+        tracking.end_parent_run(parent, "FAILED")
+        raise
     summary.finish_pipeline(cfg, parent, out)
     table = summary.markdown(cfg, parent, out)
     create_markdown_artifact(key=f"r1-pipeline-{cfg.name}".lower().replace("_", "-"), markdown=table,

@@ -16,6 +16,7 @@ view):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import pandas as pd
 
 from r1core.generation import SamplingParams
 from r1core.verify import checks_of, group_equivalent, verify_batch
+
+logger = logging.getLogger(__name__)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -132,7 +135,8 @@ def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: Sampl
             ``4 * sampler.batch_size`` samples is appended as soon as it is scored, and samples
             already there are not generated again; a crashed or retried evaluation loses at most one
             chunk (a line cut by a kill is dropped). The caller keys the file by model, benchmark
-            and settings.
+            and settings. A second evaluation of the same file (another process) waits for the
+            first to finish and reuses its samples, rather than both appending.
         generate_fn: ``(prompts, params) -> completions`` replacing ``sampler.complete`` (e.g. a
             :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`).
 
@@ -141,6 +145,25 @@ def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: Sampl
         one sample row per (problem, sample index) with ``extracted``, ``correct``,
         ``num_tokens``, ``truncated``, ``completion``.
     """
+    if results_path is None:
+        return _evaluate(sampler, problems, k, params, None, generate_fn)
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{results_path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # the same evaluation in another process (two `r1 eval` of one model): wait, then reuse
+        logger.warning("%s is being written by another evaluation of the same model and settings; waiting for it "
+                       "to finish, then reusing its samples", results_path)
+        lock.acquire()
+    try:
+        return _evaluate(sampler, problems, k, params, results_path, generate_fn)
+    finally:
+        lock.release()
+
+
+def _evaluate(sampler, problems: pd.DataFrame, k: int, params: SamplingParams, results_path: Path | None,
+              generate_fn: Callable | None) -> tuple[dict[str, float], pd.DataFrame]:
     from r1core.samplelog import SampleLog
 
     rows = problems.reset_index(drop=True)

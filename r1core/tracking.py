@@ -116,11 +116,72 @@ def environment_tags() -> dict[str, str]:
 
 
 def start_parent_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """Create (and close) the pipeline's parent run; return its id. Stages attach to it by id."""
+    """Create the pipeline's parent run, left RUNNING until the pipeline ends it (FINISHED by
+    :func:`r1core.summary.finish_pipeline`, FAILED when a stage raised); return its id. Stages
+    attach to it by id."""
     exp_id = setup(experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**environment_tags(), **tags}) as run:
-        mlflow.log_params(params)
+    client = MlflowClient()
+    if TAG_RECIPE in tags:
+        close_dangling_parents(exp_id, tags[TAG_RECIPE])
+    run = client.create_run(exp_id, run_name=run_name, tags={**environment_tags(), **tags, TAG_OWNER: owner_tag()})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+TAG_OWNER = "r1.owner"  # host:pid:start-time of the process that runs the pipeline
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    or None where it is not running (or there is no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tag() -> str:
+    """``host:pid:start`` naming this process (so a later run can tell whether it is still alive)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
+
+
+def close_dangling_parents(experiment_id: str, recipe: str) -> list[str]:
+    """Mark KILLED every RUNNING pipeline run of ``recipe`` (and its RUNNING stage runs) whose
+    process was on this host and is gone (killed with ``kill -9``, or the machine restarted).
+    Runs owned by live processes, or by other hosts, are left alone. Returns the runs closed."""
+    import socket
+
+    host = socket.gethostname()
+    closed = []
+    runs = MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{TAG_RECIPE}` = '{recipe}' and "
+                                      f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'")
+    for run in runs:
+        _, pid, start = run.data.tags[TAG_OWNER].rsplit(":", 2)
+        now = _process_start(int(pid)) if pid.isdigit() else None
+        if now is None or (start and now != start):  # gone, or its PID reused by another process
+            end_parent_run(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        logger.warning("closed %d pipeline run(s) of %s left RUNNING by a killed process: %s", len(closed), recipe,
+                       ", ".join(closed))
+    return closed
+
+
+def end_parent_run(run_id: str, status: str) -> None:
+    """Mark a pipeline's parent run (``FAILED``, ``KILLED``) and its stage runs that are still
+    RUNNING (a stage killed before it could close its run) with ``status``."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}' "
+                                  "and attributes.status = 'RUNNING'")
+    for child in children:
+        client.set_terminated(child.info.run_id, status)
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
@@ -134,8 +195,11 @@ def stage_run(parent_run_id: str, stage: str, tags: dict[str, str] | None = None
     """
     client = MlflowClient()
     if resume_run_id:
+        previous = client.get_run(resume_run_id).data.tags.get("mlflow.parentRunId", "")
         with mlflow.start_run(run_id=resume_run_id, nested=True) as run:
-            mlflow.set_tag("r1.resumed", "true")
+            # the pipeline run that completes the stage becomes its parent; the killed one is named
+            mlflow.set_tags({"r1.resumed": "true", "mlflow.parentRunId": parent_run_id,
+                             **({"r1.resumed_from_parent": previous} if previous and previous != parent_run_id else {})})
             yield run
         return
     parent = client.get_run(parent_run_id)

@@ -67,3 +67,33 @@ def test_killed_grpo_resumes_from_checkpoint_without_duplicate_steps(tiny_model_
     assert steps == list(range(1, 9)), steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "learning_curve.png" in artifacts
+
+
+def test_a_pipeline_killed_before_it_finished_is_closed_by_the_next_one(tmp_path):
+    """A parent run stays RUNNING while its pipeline runs; one whose process died (kill -9) is
+    marked KILLED, with its stage runs still RUNNING, when the next pipeline of the recipe starts."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from r1core import tracking
+
+    recipe = recipe_from_dict({"name": "dangling", "stages": {"curate": {}}})
+    code = ("import sys; from r1core import stages, tracking; from r1core.config import recipe_from_dict\n"
+            "r = recipe_from_dict({'name': 'dangling', 'stages': {'curate': {}}})\n"
+            "p = stages.start_pipeline(r)\n"
+            "print(p, flush=True)\n"
+            "ctx = tracking.stage_run(p, 'curate'); ctx.__enter__(); print(mlflow.active_run().info.run_id, flush=True)\n"
+            "import os; os._exit(9)\n").replace("import sys;", "import sys, mlflow;")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    dead_parent, dead_stage = out.stdout.split()[:2]
+    client = MlflowClient()
+    assert client.get_run(dead_parent).info.status == "RUNNING" and client.get_run(dead_stage).info.status == "RUNNING"
+    live = stages.start_pipeline(recipe)
+    assert client.get_run(dead_parent).info.status == "KILLED"
+    assert client.get_run(dead_stage).info.status == "KILLED"
+    assert client.get_run(live).info.status == "RUNNING"  # this process is alive: left alone
+    assert tracking.close_dangling_parents(client.get_run(live).info.experiment_id, "dangling") == []
+    tracking.end_parent_run(live, "FAILED")
+    assert client.get_run(live).info.status == "FAILED"
+    del mlflow
