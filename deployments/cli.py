@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "recipe":
             import yaml
 
-            print(yaml.safe_dump(load_recipe(args.recipe, args.overrides).model_dump(mode="json"), sort_keys=False))
+            from r1core import stages
+
+            recipe = load_recipe(args.recipe, args.overrides)
+            stages.validate(recipe)  # everything r1 pipeline checks before it starts: data, models, rewards, args
+            print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
             return 0
         if args.command == "pipeline":
             return _pipeline(args)
@@ -96,9 +100,7 @@ def servers_error() -> type:
 def _pipeline(args) -> int:
     from r1core import stages, summary
     from r1core.config import load_recipe
-    from r1core.settings import configure_environment
 
-    configure_environment()
     recipe = load_recipe(args.recipe, args.overrides)
     stages.validate(recipe)  # fail fast, before Prefect starts
     from flows.pipeline import r1_pipeline
@@ -112,6 +114,7 @@ def _pipeline(args) -> int:
 
 
 def _eval(args) -> int:
+    from r1core import stages
     from r1core.config import evaluation_recipe, load_recipe
 
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
@@ -120,7 +123,8 @@ def _eval(args) -> int:
     params = dict(benchmarks=args.benchmarks.split(",") if args.benchmarks else None, num_samples=args.num_samples,
                   limit=args.limit, max_new_tokens=args.max_new_tokens, budgets=budgets, num_waits=args.num_waits)
     settings = {k: v for k, v in params.items() if v is not None and k not in ("budgets", "num_waits")}
-    evaluation_recipe(recipe, model, None, settings)  # bad settings fail here, before Prefect starts
+    # bad settings, benchmarks or model references fail here, before Prefect starts
+    stages.validate(evaluation_recipe(recipe, model, None, settings)[0])
     from flows.evaluate import evaluate
 
     out = evaluate(model=model, recipe=args.recipe, overrides=args.overrides, **params)

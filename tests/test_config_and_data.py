@@ -22,6 +22,47 @@ def test_shipped_recipes_parse(path):
     assert path.name == "grpo_smollm2_gsm8k.yaml" or recipe.stages_of_type("evaluate") or evaluates_during_rl
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_pass_every_check_before_a_run(path, data_dir):
+    """What r1 recipe / r1 pipeline check before any work (data, models, rewards, every args key
+    against the TRL class it builds), for the GPU twins too: a GPU recipe must not fail hours in."""
+    from r1core import stages
+
+    stages.validate(load_recipe(path))
+
+
+@pytest.mark.parametrize("recipe,message", [
+    ({"sft": {"data": "curate.output", "args": {"warmup_ratio": 0.05}}}, "warmup_ratio (did you mean warmup_steps?)"),
+    ({"grpo": {"args": {"lerning_rate": 1e-5}}}, "lerning_rate (did you mean learning_rate?)"),
+    ({"grpo": {"rewards": {"acuracy": 1.0}}}, "acuracy"),
+    ({"evaluate": {"model": "base", "benchmarks": ["foo"]}}, "Unknown dataset 'foo'"),
+])
+def test_bad_names_fail_before_a_run(recipe, message, data_dir):
+    from r1core import stages
+
+    cfg = recipe_from_dict({"name": "x", "stages": {"curate": {}, **recipe}})
+    with pytest.raises(ValueError) as err:
+        stages.validate(cfg)
+    assert message in str(err.value)
+
+
+def test_yaml_syntax_error_and_true_for_a_number_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstages:\n  curate: {num_problems: 4\n  grpo: {}\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml:\d+:\d+: YAML syntax error"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="max_steps: expected a number, got true"):
+        recipe_from_dict({"name": "x", "stages": {"curate": {}, "grpo": {"max_steps": True}}})
+
+
+def test_malformed_jsonl_line_is_named_by_file_and_line(tmp_path, monkeypatch):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "2 #### 2"}\n{"question": oops}\n')
+    monkeypatch.setenv("R1_DATA_DIR", str(tmp_path))
+    with pytest.raises(data.DataError, match=r"test.jsonl:2: not valid JSON"):
+        data.load("gsm8k:test")
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_are_valid(path):
     import yaml

@@ -9,7 +9,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from r1core import data, models, tracking
-from r1core.config import Recipe
+from r1core.config import Recipe, check_args
 from r1core.stage_utils import sha
 from r1core.stages.common import HELDOUT, TAG_BASE_REF, TAG_MODEL_ROLE, slug
 
@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 
 
 def validate(recipe: Recipe) -> None:
-    """Check everything that can be checked before expensive work: data sets, models, rewards
-    (the stage graph itself is checked when the recipe loads, :func:`r1core.graph.check_graph`).
+    """Check everything that can be checked before expensive work, for every stage: data sets,
+    models, reward names, ``args`` keys against the TRL config class each stage builds (the stage
+    graph itself is checked when the recipe loads, :func:`r1core.graph.check_graph`). ``r1 recipe``,
+    ``r1 pipeline`` and ``r1 eval`` all call it before Prefect starts.
 
     Raises:
         r1core.data.DataError, r1core.models.ModelNotFoundError, ValueError: with the fix.
@@ -41,8 +43,15 @@ def validate(recipe: Recipe) -> None:
             if st.heldout is not None:
                 _check_heldout_source(recipe, f"stages.{name}.heldout", st.heldout)
         elif st.type == "grpo":
+            from r1core.grpo import R1GRPOConfig
+
             get_rewards(st.rewards, st.reward_args)
             _check_grpo_eval(recipe, name)
+            check_args(R1GRPOConfig, f"stages.{name}", st.args)
+        elif st.type == "sft":
+            from trl import SFTConfig
+
+            check_args(SFTConfig, f"stages.{name}", st.args)
         refs += [ref for ref, kind in st.input_refs().values()
                  if kind == "model" and ref != "base" and upstream(ref) is None]
     for ref in refs:
