@@ -281,6 +281,14 @@ class SoftOverlongReward:
     ``0`` while ``L <= max_len - cache_len``; ``((max_len - cache_len) - L) / cache_len`` inside the
     last ``cache_len`` tokens; ``-1`` beyond ``max_len``. Range -1 to 0.
 
+    The formula is TRL's :func:`trl.rewards.get_soft_overlong_punishment`; this class registers it
+    under the project's name, checks its arguments, and measures whitespace-separated words when
+    called without ``completion_ids``.
+
+    Args:
+        max_len: ``L_max``, tokens (DAPO: the generation limit).
+        cache_len: ``L_cache``, the soft-punishment interval before ``max_len``, tokens.
+
     >>> SoftOverlongReward(max_len=10, cache_len=4)(["x"] * 3, completion_ids=[[0] * 6, [0] * 8, [0] * 12])
     [0.0, -0.5, -1.0]
     """
@@ -288,21 +296,16 @@ class SoftOverlongReward:
     __name__ = "soft_overlong"
 
     def __init__(self, max_len: int = 1024, cache_len: int = 256):
+        from trl.rewards import get_soft_overlong_punishment
+
         if not 0 < cache_len <= max_len:
             raise ValueError(f"soft_overlong needs 0 < cache_len <= max_len; got {cache_len}, {max_len}.")
         self.max_len, self.cache_len = max_len, cache_len
+        self._punishment = get_soft_overlong_punishment(max_completion_len=max_len, soft_punish_cache=cache_len)
 
     def __call__(self, completions, completion_ids=None, **kwargs) -> list[float]:
-        safe = self.max_len - self.cache_len
-        out = []
-        for n in _lengths(completions, completion_ids):
-            if n <= safe:
-                out.append(0.0)
-            elif n <= self.max_len:
-                out.append((safe - n) / self.cache_len)
-            else:
-                out.append(-1.0)
-        return out
+        units = completion_ids if completion_ids is not None else [t.split() for t in _texts(completions)]
+        return self._punishment(completion_ids=units)
 
 
 SWITCH_MARKERS = ("alternatively", "wait, let me try another approach", "let me try another approach",

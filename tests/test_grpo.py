@@ -50,6 +50,38 @@ def test_grpo_args_rejects_unknown_trl_fields(tmp_path):
         grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True)
 
 
+def test_r1_grpo_config_fields_are_dataclass_fields_with_help(tmp_path):
+    """The trainer's settings are R1GRPOConfig dataclass fields (TRL's pattern), each with help text;
+    grpo_args fills them from the stage's keys, and a bad or misplaced args key fails with the fix."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from r1core.grpo import R1GRPOConfig
+    from r1core.grpo.config import R1_FIELDS
+
+    assert set(R1_FIELDS) == {"dynamic_sampling_rounds", "completions_log_steps", "generation_engine", "stop_strings",
+                              "reflection_markers", "language"}
+    fields = {f.name: f for f in dataclasses.fields(R1GRPOConfig)}
+    for name in R1_FIELDS:
+        assert name not in GRPOConfig.__dataclass_fields__ and len(fields[name].metadata["help"]) > 20, name
+    cfg = GRPOStageConfig(dynamic_sampling=True, dynamic_sampling_rounds=2, completions_log_steps=0,
+                          stop_strings=["</answer>"], reflection_markers=["wait"], language="zh", engine="hf")
+    args = grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True)
+    assert isinstance(args, R1GRPOConfig)
+    assert ({n: getattr(args, n) for n in R1_FIELDS}
+            == {"dynamic_sampling_rounds": 2, "completions_log_steps": 0, "generation_engine": "hf",
+                "stop_strings": ["</answer>"], "reflection_markers": ["wait"], "language": "zh"})
+    with pytest.raises(ValueError, match=r"grpo\.args .*R1GRPOConfig .*num_generation"):
+        grpo_args(GRPOStageConfig(args={"num_generation": 4}), str(tmp_path), seed=0, use_cpu=True)
+    with pytest.raises(ValueError, match="set grpo.stop_strings instead of grpo.args.stop_strings"):
+        grpo_args(GRPOStageConfig(args={"stop_strings": ["x"]}), str(tmp_path), seed=0, use_cpu=True)
+    with pytest.raises(ValueError, match="generation_engine must be 'r1' or 'hf'"):
+        R1GRPOConfig(output_dir=str(tmp_path), generation_engine="fast")
+    with pytest.raises(TypeError, match="R1GRPOConfig"):
+        R1GRPOTrainer(model=None, reward_funcs=[], args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True))
+
+
 class _HalfConstantReward:
     """Test reward: constant for prompts whose id starts with 'c', length-dependent otherwise."""
 
@@ -64,10 +96,12 @@ def _trainer(tiny_model_dir, tmp_path, reward, rounds, **args):
     rows = pd.DataFrame({"id": ["c1", "c2", "v1", "v2", "c3", "v3"], "problem": [f"{i}+{i}?" for i in range(6)],
                          "answer": [str(2 * i) for i in range(6)]})
     cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
+                          dynamic_sampling=rounds > 0, dynamic_sampling_rounds=max(rounds, 1),
                           args={"per_device_train_batch_size": 4, **args})
     trainer = R1GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
                             train_dataset=build_prompt_dataset(rows, tok, "r1_zero", "<think>\n"),
-                            processing_class=tok, dynamic_sampling_rounds=rounds)
+                            processing_class=tok)
+    assert trainer.args.dynamic_sampling_rounds == rounds
     trainer.model.train()
     return trainer
 
@@ -103,20 +137,24 @@ def test_dynamic_sampling_trains_a_step(tiny_model_dir, tmp_path):
 
 
 def test_vllm_colocate_is_chosen_on_cuda_with_vllm(tmp_path, monkeypatch):
-    import r1core.grpo as grpo
+    from r1core import sampling
 
-    monkeypatch.setattr(grpo, "vllm_available", lambda: True)
+    monkeypatch.setattr(sampling, "vllm_available", lambda: True)
     args = grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True)
     assert args.use_vllm is True and args.vllm_mode == "colocate"
+    assert args.vllm_gpu_memory_utilization == GRPOStageConfig().vllm.gpu_memory_utilization
     off = grpo_args(GRPOStageConfig(args={"use_vllm": False}), str(tmp_path), seed=0, use_cpu=True)
     assert off.use_vllm is False
-    monkeypatch.setattr(grpo, "vllm_available", lambda: False)
-    assert grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True).use_vllm is False
+    assert grpo_args(GRPOStageConfig(engine="cpu"), str(tmp_path), seed=0, use_cpu=True).use_vllm is False
+    monkeypatch.setattr(sampling, "vllm_available", lambda: False)
+    args = grpo_args(GRPOStageConfig(), str(tmp_path), seed=0, use_cpu=True)
+    assert args.use_vllm is False and args.generation_engine == "r1"
+    assert grpo_args(GRPOStageConfig(engine="hf"), str(tmp_path), seed=0, use_cpu=True).generation_engine == "hf"
 
 
 def test_stop_strings_cut_completions_after_the_answer(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=0)
-    trainer.stop_strings = ["</answer>"]
+    trainer.args.stop_strings = ["</answer>"]
     tok = trainer.processing_class
     ids = tok("<think>x</think><answer>4</answer> and more text", add_special_tokens=False)["input_ids"]
     cut = trainer._cut_at_stop(ids)
@@ -127,7 +165,7 @@ def test_stop_strings_cut_completions_after_the_answer(tiny_model_dir, tmp_path)
 
 def test_stop_strings_retokenize_a_token_that_runs_past_the_stop(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, _HalfConstantReward(), rounds=0)
-    trainer.stop_strings = ["</answer>"]
+    trainer.args.stop_strings = ["</answer>"]
     tok = trainer.processing_class
     ids = tok("<answer>25</answer></think>", add_special_tokens=False)["input_ids"]
     cut = trainer._cut_at_stop(ids)

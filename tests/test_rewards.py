@@ -153,6 +153,17 @@ def test_soft_overlong_reward_dapo_eq13(n, expected):
     assert SoftOverlongReward(max_len=10, cache_len=4)(["x"], completion_ids=[[0] * n]) == [pytest.approx(expected)]
 
 
+def test_soft_overlong_reward_is_trls_and_counts_words_without_ids():
+    from trl.rewards import get_soft_overlong_punishment
+
+    ids = [[0] * n for n in range(14)]
+    assert SoftOverlongReward(max_len=10, cache_len=4)(["x"] * 14, completion_ids=ids) == \
+        get_soft_overlong_punishment(max_completion_len=10, soft_punish_cache=4)(ids)
+    assert SoftOverlongReward(max_len=10, cache_len=4)([" ".join(["w"] * 8)]) == [pytest.approx(-0.5)]
+    with pytest.raises(ValueError, match="cache_len"):
+        SoftOverlongReward(max_len=4, cache_len=8)
+
+
 def test_thought_switch_reward():
     r = ThoughtSwitchReward(min_tokens=5, penalty=0.25)
     long_thought = "one two three four five six"
@@ -186,8 +197,8 @@ def test_docstring_examples_run():
 
     import r1core.evaluation
     import r1core.rewards
-    import r1core.teachers
+    import r1core.sampling
 
-    for module in (r1core.rewards, r1core.evaluation, r1core.teachers):
+    for module in (r1core.rewards, r1core.evaluation, r1core.sampling):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
