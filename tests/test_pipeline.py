@@ -24,7 +24,7 @@ def tiny_recipe(tmp_path, model_dir, name="tinypipe") -> str:
             "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
             "evaluate": {"model": "sft.output", "benchmarks": ["math500", "aime24"], "limit": 2, "num_samples": 2,
                          "max_new_tokens": 8, "budget_forcing": {"max_thinking_tokens": [2, 4], "answer_tokens": 2}},
-            "register": {"model_name": f"{name}-student"},
+            "register": {"model_name": f"{name}-student", "guard_benchmarks": ["aime24"]},
         },
     }
     path = tmp_path / f"{name}.yaml"
@@ -140,10 +140,10 @@ def test_rerun_skips_completed_stages(pipeline_runs):
 
 
 def test_stage_flows_run_their_stages_and_reuse_the_cache(pipeline_runs):
-    from flows.pipeline import grpo
+    from flows.pipeline import r1_pipeline
 
     first, _, path = pipeline_runs
-    out = grpo(recipe=path)
+    out = r1_pipeline(recipe=path, targets=["grpo"])  # what the r1-pipeline/grpo deployment runs
     assert set(out) == {"parent_run_id", "base", "curate", "grpo"}  # grpo and what it needs, nothing after
     assert out["grpo"]["run_id"] == first["grpo"]["run_id"]  # completed before: from the cache
 

@@ -49,7 +49,8 @@ def register(recipe: Recipe, name: str, parent_run_id: str, model: str, evaluati
     with stage_run(recipe, name, parent_run_id) as run:
         metrics = (evaluation or {}).get("metrics", {})
         gate_value = metrics.get(cfg.gate_metric)
-        producer = next((o for o in (lineage or {}).values() if o.get("model_uri") == model), {})
+        # the stage that trained the model (an evaluation's output names the model too, not its parent)
+        producer = next((o for o in (lineage or {}).values() if o.get("model_uri") == model and "input_model" in o), {})
         tags = {
             **lineage_tags(recipe, lineage or {}),
             "r1.pipeline_run_id": parent_run_id,
