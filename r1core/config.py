@@ -547,8 +547,9 @@ def check_args(config_cls, section: str, args: dict[str, Any]) -> None:
     if unknown:
         hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, fields, n=1)) else k
                  for k in unknown]
+        trl_cls = next((c for c in config_cls.__mro__ if c.__module__.startswith("trl.")), config_cls)
         raise ValueError(f"{section}.args has keys {config_cls.__name__} does not know: {', '.join(hints)}. "
-                         f"Check the spelling against TRL's {config_cls.__name__} documentation.")
+                         f"Check the spelling against TRL's {trl_cls.__name__} documentation.")
 
 
 def trl_config(config_cls, section: str, defaults: dict[str, Any], extra: dict[str, Any], *,

@@ -68,6 +68,24 @@ def build_prompt_dataset(rows: pd.DataFrame, tokenizer, template: str, prefill: 
 _STAGE_KEY = {"generation_engine": "engine"}
 
 
+def check_args(cfg, where: str = "grpo") -> None:
+    """Check a ``grpo`` section's ``args`` before any work: every key a field of
+    :class:`R1GRPOConfig`, and none of the trainer's own settings (:data:`R1_FIELDS`), which come
+    from the stage's keys.
+
+    Raises:
+        ValueError: the first bad key, with the fix.
+    """
+    from r1core import config
+
+    misplaced = sorted(set(cfg.args) & set(R1_FIELDS))
+    if misplaced:
+        key = _STAGE_KEY.get(misplaced[0], misplaced[0])
+        raise ValueError(f"{where}.args has {misplaced}, which R1GRPOTrainer reads from the grpo stage's own keys, "
+                         f"not from TRL's GRPOConfig fields: set {where}.{key} instead of {where}.args.{misplaced[0]}.")
+    config.check_args(R1GRPOConfig, where, cfg.args)
+
+
 def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> R1GRPOConfig:
     """The :class:`R1GRPOConfig` for a recipe's ``grpo`` section (``cfg.args`` override the defaults here).
 
@@ -89,11 +107,7 @@ def grpo_args(cfg, output_dir: str, seed: int, use_cpu: bool) -> R1GRPOConfig:
     """
     from r1core.sampling import resolve_engine
 
-    misplaced = sorted(set(cfg.args) & set(R1_FIELDS))
-    if misplaced:
-        key = _STAGE_KEY.get(misplaced[0], misplaced[0])
-        raise ValueError(f"grpo.args has {misplaced}, which R1GRPOTrainer reads from the grpo stage's own keys, "
-                         f"not from TRL's GRPOConfig fields: set grpo.{key} instead of grpo.args.{misplaced[0]}.")
+    check_args(cfg)
     engine = resolve_engine(cfg.engine)
     defaults: dict[str, Any] = dict(
         max_steps=cfg.max_steps,

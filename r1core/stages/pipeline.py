@@ -43,11 +43,11 @@ def validate(recipe: Recipe) -> None:
             if st.heldout is not None:
                 _check_heldout_source(recipe, f"stages.{name}.heldout", st.heldout)
         elif st.type == "grpo":
-            from r1core.grpo import R1GRPOConfig
+            from r1core import grpo
 
             get_rewards(st.rewards, st.reward_args)
             _check_grpo_eval(recipe, name)
-            check_args(R1GRPOConfig, f"stages.{name}", st.args)
+            grpo.check_args(st, f"stages.{name}")
         elif st.type == "sft":
             from trl import SFTConfig
 
