@@ -73,10 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.validate(recipe)  # everything r1 pipeline checks before it starts: data, models, rewards, args
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
             return 0
-        if args.command == "pipeline":
-            return _pipeline(args)
-        if args.command == "eval":
-            return _eval(args)
+        if args.command in ("pipeline", "eval"):
+            return _with_prefect_api(_pipeline if args.command == "pipeline" else _eval, args)
         if args.command == "ui":
             from deployments import servers
 
@@ -97,23 +95,46 @@ def servers_error() -> type:
     return ServerStartError
 
 
-def _pipeline(args) -> int:
+def _with_prefect_api(command, args) -> int:
+    """Run ``command(args)`` with SIGTERM handled as Ctrl-C (the flow run ends Crashed or Cancelled,
+    then the servers stop) and, when no ``PREFECT_API_URL`` is set, against a temporary Prefect
+    server this process owns (:func:`deployments.servers.temporary_prefect_server`: no orphan
+    after a ``kill -9``). ``command`` checks the recipe before the server starts."""
+    import contextlib
+    import os
+
+    from deployments import servers
+
+    servers.sigterm_as_interrupt()
+
+    def server():
+        return servers.temporary_prefect_server() if not os.environ.get("PREFECT_API_URL") else contextlib.nullcontext()
+
+    try:
+        return command(args, server)
+    except KeyboardInterrupt:
+        print("r1: interrupted; the flow run was marked and the servers stopped", file=sys.stderr)
+        return 130
+
+
+def _pipeline(args, server) -> int:
     from r1core import stages, summary
     from r1core.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     stages.validate(recipe)  # fail fast, before Prefect starts
-    from flows.pipeline import r1_pipeline
+    with server():
+        from flows.pipeline import r1_pipeline
 
-    t0 = time.perf_counter()
-    out = r1_pipeline(recipe=args.recipe, overrides=args.overrides, fresh=args.fresh)
+        t0 = time.perf_counter()
+        out = r1_pipeline(recipe=args.recipe, overrides=args.overrides, fresh=args.fresh)
     minutes = (time.perf_counter() - t0) / 60
     print("\n" + summary.text_table(recipe, out["parent_run_id"], out))
     print(f"pipeline finished in {minutes:.1f} min")
     return 0
 
 
-def _eval(args) -> int:
+def _eval(args, server) -> int:
     from r1core import stages
     from r1core.config import evaluation_recipe, load_recipe
 
@@ -125,9 +146,10 @@ def _eval(args) -> int:
     settings = {k: v for k, v in params.items() if v is not None and k not in ("budgets", "num_waits")}
     # bad settings, benchmarks or model references fail here, before Prefect starts
     stages.validate(evaluation_recipe(recipe, model, None, settings)[0])
-    from flows.evaluate import evaluate
+    with server():
+        from flows.evaluate import evaluate
 
-    out = evaluate(model=model, recipe=args.recipe, overrides=args.overrides, **params)
+        out = evaluate(model=model, recipe=args.recipe, overrides=args.overrides, **params)
     for k, v in sorted(out["metrics"].items()):
         print(f"{k:40s} {v:.4f}")
     print(f"MLflow run: {out['run_id']}")

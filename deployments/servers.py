@@ -8,12 +8,14 @@ against that Prefect server, so Run in the Prefect UI executes here. Neither imp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +114,84 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
     return servers
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel to SIGTERM it when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``r1 pipeline`` cannot leave its server behind."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own cleanup still stops it
+        pass
+
+
+@contextlib.contextmanager
+def temporary_prefect_server(timeout: float = 180) -> Iterator[str]:
+    """A Prefect API server for one ``r1 pipeline`` / ``r1 eval`` when no ``PREFECT_API_URL`` is
+    set: what Prefect's own temporary server is (the same app, UI off, SQLite under
+    ``PREFECT_HOME``), but started by this process in a process group of its own and tied to it
+    (it is SIGTERMed by the kernel if this process is killed, even with ``kill -9``), and stopped
+    after the flow has reported its final state. Sets ``PREFECT_API_URL`` while it runs; yields it.
+
+    Raises:
+        ServerStartError: it did not answer within ``timeout`` seconds.
+    """
+    import importlib.util
+
+    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # this module never imports Prefect
+    port = _free_port()
+    logs = state_dir() / "servers"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"prefect-temporary-{port}.log"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+           "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+           "error", "--lifespan", "on"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    url = f"http://127.0.0.1:{port}/api"
+    saved = os.environ.get("PREFECT_API_URL")
+    try:
+        wait_for(f"{url}/health", proc, log, timeout)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM what Ctrl-C is in this process: ``KeyboardInterrupt`` in the main thread, so
+    ``finally`` blocks run (flow runs are marked, servers stopped) instead of the process vanishing."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def ui(prefect_port: int, mlflow_port: int) -> int:
     """``r1 ui``: start both servers, print where they are, wait for Ctrl-C or SIGTERM (either stops
     both servers and their children within seconds)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_as_interrupt()
     servers = start(prefect_port, mlflow_port)
     print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
           "Send flows and tracking there (in another shell):\n"
