@@ -137,11 +137,11 @@ def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, 
 
     The bound is the faster of two kernels over all the weights: ``F.linear`` (MKL ``sgemm``) and,
     on CPU, oneDNN on weights packed once (what the ``r1`` engine runs, see
-    ``r1core.generation._packed_linears``), so the engine's own kernel choice cannot lift it past
+    ``r1core.cpu_engine.linears.packed_linears``), so the engine's own kernel choice cannot lift it past
     its bound."""
     import torch
 
-    from r1core.generation import _packed_linears
+    from r1core.cpu_engine.linears import packed_linears
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, dtype=m.weight.dtype, device=m.weight.device)
@@ -161,7 +161,7 @@ def matmul_bound_step_seconds(model, batch: int, reps: int = 5) -> tuple[float, 
 
     with torch.no_grad():
         seconds = {"F.linear": timed(lambda m, x: torch.nn.functional.linear(x, m.weight, m.bias))}
-        with _packed_linears(model) as packed:
+        with packed_linears(model) as packed:
             if packed.patched:  # CPU with oneDNN: each linear's forward is the packed kernel
                 seconds["oneDNN packed"] = timed(lambda m, x: m(x))
     best = min(seconds.values())
@@ -219,7 +219,7 @@ def bench_grpo_step(reps: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from r1core import data
-    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset
+    from r1core.grpo import R1GRPOConfig, R1GRPOTrainer, build_prompt_dataset
     from r1core.rewards import get_rewards
 
     class StepClock(TrainerCallback):
@@ -240,16 +240,17 @@ def bench_grpo_step(reps: int) -> dict:
     result: dict = {"config": "TRL GRPOConfig defaults (max_completion_length 256, TRL: 512): per_device_train_batch_size=8, num_generations=8, "
                               "max_completion_length=256, temperature=1.0; beta=0, fp32, no gradient checkpointing; "
                               "rewards accuracy+format"}
-    for name, cls, extra in (("project", R1GRPOTrainer, {"completions_log_steps": 0}), ("trl", GRPOTrainer, {})):
+    for name, cls, config_cls, extra in (("project", R1GRPOTrainer, R1GRPOConfig, {"completions_log_steps": 0}),
+                                         ("trl", GRPOTrainer, GRPOConfig, {})):
         model, tok = _load(for_inference=False)
         out = tempfile.mkdtemp(prefix=f"bench-grpo-{name}-")
         cuda = OPTIONS["device"] == "cuda"  # on CUDA: TRL's own bf16 default; on CPU fp32 (see above)
-        args = GRPOConfig(output_dir=out, use_cpu=not cuda, report_to="none", max_steps=steps + 1, seed=0,
+        args = config_cls(output_dir=out, use_cpu=not cuda, report_to="none", max_steps=steps + 1, seed=0,
                           logging_steps=1, save_strategy="no", beta=0.0, bf16=cuda, gradient_checkpointing=False,
-                          max_completion_length=256)
+                          max_completion_length=256, **extra)
         clock = StepClock()
         trainer = cls(model=model, reward_funcs=reward_funcs, args=args, processing_class=tok, callbacks=[clock],
-                      train_dataset=build_prompt_dataset(pd.DataFrame(rows), tok, "r1_zero", "<think>\n"), **extra)
+                      train_dataset=build_prompt_dataset(pd.DataFrame(rows), tok, "r1_zero", "<think>\n"))
         generation = []
         real = trainer._generate_single_turn
 

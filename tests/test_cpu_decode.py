@@ -1,13 +1,17 @@
-"""The CPU decode step (:mod:`r1core.cpu_decode`): the same logits and KV cache as transformers'
-forward for each supported layout (grouped-query attention, q/k/v biases, Qwen3's q/k norms),
-clear refusals for what it does not take, and the kernel's input checks."""
+"""The CPU decode step (:mod:`r1core.cpu_engine.decoder`, its kernel :mod:`r1core.cpu_engine.kernel`):
+the same logits and KV cache as transformers' forward for each supported layout (grouped-query
+attention, q/k/v biases, Qwen3's q/k norms), clear refusals for what it does not take, and the
+kernel's input checks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from r1core import cpu_decode, generation
+from r1core.cpu_engine import kernel
+from r1core.cpu_engine.cache import cache_keyword
+from r1core.cpu_engine.decoder import CpuDecoder, unsupported
+from r1core.cpu_engine.prefill import prefill
 from r1core.generation import SamplingParams, generate
 from tests.tiny import length_reward
 
@@ -30,12 +34,12 @@ def test_decode_steps_equal_transformers_forward(kind):
     """Left-padded rows of different lengths, several steps: each step's logits and the cache
     columns it writes equal transformers' forward over an identical cache (fp32 rounding)."""
     model = _random_model(kind).eval()
-    decoder = cpu_decode.CpuDecoder.for_model(model)
+    decoder = CpuDecoder.for_model(model)
     assert decoder is not None
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     caches = []
     for _ in range(2):
-        cache, logits, mask, position = generation._prefill(model, prompts, 0, capacity=20, chunk_tokens=64)
+        cache, logits, mask, position = prefill(model, prompts, 0, capacity=20, chunk_tokens=64)
         caches.append(cache)
     starts = (mask.shape[1] - mask.sum(-1)).to(torch.long)  # (B,) first real column per row
     ids = logits.argmax(-1)
@@ -45,7 +49,7 @@ def test_decode_steps_equal_transformers_forward(kind):
         ours = decoder.step(ids, position, caches[0].layers, starts)
         with torch.no_grad():
             theirs = model(input_ids=ids[:, None], attention_mask=mask, position_ids=position[:, None],
-                           past_key_values=caches[1], use_cache=True).logits[:, -1].float()
+                           use_cache=True, **{cache_keyword(model): caches[1]}).logits[:, -1].float()
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
         for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
             assert a.keys.shape == b.keys.shape
@@ -60,8 +64,8 @@ def test_engine_decodes_through_the_kernel_and_matches_transformers(tiny, monkey
     first), and greedy completions equal transformers' ``generate`` token for token."""
     model, tok = tiny
     steps = []
-    real = cpu_decode.CpuDecoder.step
-    monkeypatch.setattr(cpu_decode.CpuDecoder, "step", lambda self, *a: steps.append(len(a[0])) or real(self, *a))
+    real = CpuDecoder.step
+    monkeypatch.setattr(CpuDecoder, "step", lambda self, *a: steps.append(len(a[0])) or real(self, *a))
     prompts = ["What is 1+1?", "Compute the sum of the first ten odd numbers, please.", "Hi"]
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     ours = generate(model, tok, prompts, params, batch_size=3, engine="r1")
@@ -73,23 +77,23 @@ def test_engine_decodes_through_the_kernel_and_matches_transformers(tiny, monkey
 def test_unsupported_models_keep_transformers_forward():
     """bf16 weights, a non-SiLU MLP, a hooked or wrapped linear layer: refused with the reason."""
     model = _random_model("llama")
-    assert cpu_decode.unsupported(model) is None
-    assert "bfloat16" in cpu_decode.unsupported(_random_model("llama").to(torch.bfloat16))
+    assert unsupported(model) is None
+    assert "bfloat16" in unsupported(_random_model("llama").to(torch.bfloat16))
     model.config.hidden_act = "gelu"
-    assert "hidden_act" in cpu_decode.unsupported(model)
+    assert "hidden_act" in unsupported(model)
     model.config.hidden_act = "silu"
     handle = model.model.layers[1].mlp.up_proj.register_forward_hook(lambda *a: None)
-    assert "hooks" in cpu_decode.unsupported(model)
+    assert "hooks" in unsupported(model)
     handle.remove()
     model.model.layers[0].self_attn.q_proj = torch.nn.Sequential(model.model.layers[0].self_attn.q_proj)
-    assert "Sequential" in cpu_decode.unsupported(model)
+    assert "Sequential" in unsupported(model)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    assert "GPT2LMHeadModel" in cpu_decode.unsupported(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)))
+    assert "GPT2LMHeadModel" in unsupported(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)))
 
 
 def test_kernel_rejects_bad_inputs_with_the_reason():
-    ops = cpu_decode.kernels()
+    ops = kernel.kernels()
     assert ops is not None, "the kernel must build on the test machine (g++, ninja, AVX2)"
     q, kv = torch.zeros(2, 2 * 16), torch.zeros(2, 16)
     rot = torch.zeros(2, 16)
@@ -112,7 +116,7 @@ def test_kernel_rejects_bad_inputs_with_the_reason():
 def test_add_rms_norm_adds_the_residual_in_place_and_normalises_like_transformers():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    ops = cpu_decode.kernels()
+    ops = kernel.kernels()
     torch.manual_seed(0)
     norm = LlamaRMSNorm(44, eps=1e-5)  # 44: a tail past the 8-lane loop
     norm.weight.data.normal_()
@@ -141,7 +145,7 @@ def test_grpo_with_bf16_mixed_precision_on_cpu_keeps_the_trainers_forward(tiny_m
     from r1core.models import load_model_and_tokenizer
 
     steps = []
-    monkeypatch.setattr(cpu_decode.CpuDecoder, "step", lambda self, *a: steps.append(1))
+    monkeypatch.setattr(CpuDecoder, "step", lambda self, *a: steps.append(1))
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     rows = pd.DataFrame({"id": ["a"], "problem": ["1+1?"], "answer": ["2"]})
     cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
@@ -150,7 +154,7 @@ def test_grpo_with_bf16_mixed_precision_on_cpu_keeps_the_trainers_forward(tiny_m
                             args=grpo_args(cfg, str(tmp_path), seed=0, use_cpu=True),
                             train_dataset=build_prompt_dataset(rows, tok, "r1_zero", None), processing_class=tok)
     trainer.train()
-    assert "autocast" in cpu_decode.unsupported(trainer.model)
+    assert "autocast" in unsupported(trainer.model)
     assert not steps
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
 
@@ -159,9 +163,9 @@ def test_grpo_with_bf16_mixed_precision_on_cpu_keeps_the_trainers_forward(tiny_m
 def test_a_build_lock_left_by_a_killed_process_does_not_block_loading(monkeypatch):
     """torch's build lock is a plain file: a process killed mid-build leaves it, and torch then
     waits for it forever. The loader holds an OS lock around the build and clears such a file."""
-    assert cpu_decode.kernels() is not None
-    build = cpu_decode.build_directory()
+    assert kernel.kernels() is not None
+    build = kernel.build_directory()
     (build / "lock").touch()  # what a SIGKILL during the build leaves
-    monkeypatch.setattr(cpu_decode, "_kernels", None)  # a fresh process
-    assert cpu_decode.kernels() is not None
+    monkeypatch.setattr(kernel, "_kernels", None)  # a fresh process
+    assert kernel.kernels() is not None
     assert not (build / "lock").exists()

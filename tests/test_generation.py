@@ -8,6 +8,10 @@ import pytest
 import torch
 
 from r1core import generation
+from r1core.cpu_engine import attention, next_token
+from r1core.cpu_engine.cache import PreallocatedLayer, _row_moves
+from r1core.cpu_engine.decoder import CpuDecoder
+from r1core.cpu_engine.prefill import _prefill_chunks, _shared_prefix, prefill
 from r1core.generation import SamplingParams, generate, sample_token_ids
 from r1core.models import load_model_and_tokenizer
 from tests.tiny import length_reward
@@ -49,9 +53,9 @@ def test_chunked_prefill_and_dropping_rows_match_one_pass(tiny, monkeypatch):
 
 
 def test_prefill_passes_keep_to_the_token_budget():
-    assert generation._prefill_chunks([2, 2, 3, 9], budget=8) == [(0, 2), (2, 3), (3, 4)]
-    assert generation._prefill_chunks([5, 5, 5], budget=1) == [(0, 1), (1, 2), (2, 3)]  # one row at least
-    assert generation._prefill_chunks([5, 5, 5], budget=100) == [(0, 3)]
+    assert _prefill_chunks([2, 2, 3, 9], budget=8) == [(0, 2), (2, 3), (3, 4)]
+    assert _prefill_chunks([5, 5, 5], budget=1) == [(0, 1), (1, 2), (2, 3)]  # one row at least
+    assert _prefill_chunks([5, 5, 5], budget=100) == [(0, 3)]
 
 
 def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
@@ -63,10 +67,10 @@ def test_shared_prefix_is_prefilled_once_and_changes_nothing(tiny):
     prompts = [system + q for q in ("What is 1+1?", "Name a prime larger than ten, please.", "Hi",
                                     "Sum the first ten odd numbers and explain the pattern you see.")]
     ids = sorted((tok(p, add_special_tokens=False)["input_ids"] for p in prompts), key=len)
-    assert generation._shared_prefix(ids) >= 8
+    assert _shared_prefix(ids) >= 8
     with torch.no_grad():
-        shared = generation._prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40)
-        plain = generation._prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40, min_shared=10**6)
+        shared = prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40)
+        plain = prefill(model, ids, tok.pad_token_id, 64, chunk_tokens=40, min_shared=10**6)
     torch.testing.assert_close(shared[1], plain[1], atol=1e-4, rtol=1e-4)
     width = shared[2].shape[1]
     for row, p in enumerate(ids):  # the valid columns of every layer's cache
@@ -84,7 +88,7 @@ def test_cache_rows_leave_in_place_and_repeat_by_copy():
     every kept row's filled columns intact; repeating rows (k samples per prompt) copies; decoding
     goes on writing after the kept rows."""
     torch.manual_seed(0)
-    layer = generation._PreallocatedLayer()
+    layer = PreallocatedLayer()
     keys, values = torch.randn(7, 2, 5, 4), torch.randn(7, 2, 5, 4)
     layer.update(keys, values)
     buffer = layer._keys.data_ptr()
@@ -97,18 +101,18 @@ def test_cache_rows_leave_in_place_and_repeat_by_copy():
     assert torch.equal(k, torch.cat([keys[keep], step_k], 2)) and torch.equal(v, torch.cat([values[keep], step_v], 2))
     layer.batch_select_indices(torch.tensor([0, 0, 3]))
     assert torch.equal(layer.keys, torch.cat([keys[keep], step_k], 2)[[0, 0, 3]])
-    moves = generation._row_moves([0, 1, 3, 4, 5, 9])
+    moves = _row_moves([0, 1, 3, 4, 5, 9])
     assert moves == [(2, 3, 1), (3, 4, 1), (4, 5, 1), (5, 9, 1)]
 
 
 def test_row_buckets_split_where_padding_costs_more_than_a_call(monkeypatch):
     cpu = torch.device("cpu")
-    assert generation._row_buckets([7, 7, 7], cpu) is None  # nothing to skip
-    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 0)
-    assert generation._row_buckets([400, 400, 0], cpu) == [(0, 2, 400), (2, 3, 0)]
-    assert generation._row_buckets([400, 400, 0], torch.device("meta")) is None  # CPU only
-    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 1000)  # saving 800 columns is not worth a call
-    assert generation._row_buckets([400, 400, 0], cpu) is None
+    assert attention.row_buckets([7, 7, 7], cpu) is None  # nothing to skip
+    monkeypatch.setattr(attention, "_BUCKET_OVERHEAD", 0)
+    assert attention.row_buckets([400, 400, 0], cpu) == [(0, 2, 400), (2, 3, 0)]
+    assert attention.row_buckets([400, 400, 0], torch.device("meta")) is None  # CPU only
+    monkeypatch.setattr(attention, "_BUCKET_OVERHEAD", 1000)  # saving 800 columns is not worth a call
+    assert attention.row_buckets([400, 400, 0], cpu) is None
 
 
 def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
@@ -117,16 +121,16 @@ def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
     transformers-forward decode path: models the CPU decoder does not take.)"""
     model, tok = tiny
     assert model.config._attn_implementation == "sdpa"
-    monkeypatch.setattr(generation.CpuDecoder, "for_model", classmethod(lambda cls, model: None))
-    monkeypatch.setattr(generation, "_BUCKET_OVERHEAD", 0)
+    monkeypatch.setattr(CpuDecoder, "for_model", classmethod(lambda cls, model: None))
+    monkeypatch.setattr(attention, "_BUCKET_OVERHEAD", 0)
     widths = []
-    real = generation.sdpa_attention_forward
+    real = attention.sdpa_attention_forward
 
     def spy(module, query, key, *args, **kwargs):
         widths.append((query.shape[0], key.shape[2]))
         return real(module, query, key, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "sdpa_attention_forward", spy)
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     ours = generate(model, tok, PROMPTS, params, batch_size=6, engine="r1")
     assert model.config._attn_implementation == "sdpa"  # restored after every step
@@ -139,7 +143,7 @@ def test_bucketed_attention_reads_only_each_buckets_columns(tiny, monkeypatch):
 @pytest.mark.parametrize("kwargs", [dict(top_p=0.9), dict(top_p=0.5, top_k=5), dict(top_p=1.0, min_p=0.2),
                                     dict(top_p=0.97), dict()])
 def test_sampler_draws_from_transformers_warped_distribution(kwargs):
-    """Empirical frequencies of ``_next_tokens`` match the probabilities transformers' warpers give
+    """Empirical frequencies of ``next_tokens`` match the probabilities transformers' warpers give
     (temperature, top-k, top-p, min-p), including rows whose candidates miss top_p (full sort)."""
     from transformers.generation.logits_process import (
         MinPLogitsWarper,
@@ -165,7 +169,7 @@ def test_sampler_draws_from_transformers_warped_distribution(kwargs):
     draws = 4000
     counts = torch.zeros(3, vocab)
     for _ in range(draws):
-        tokens = generation._next_tokens(logits.clone(), params, gen, None, candidates=8)
+        tokens = next_token.next_tokens(logits.clone(), params, gen, None, candidates=8)
         counts[torch.arange(3), tokens] += 1
     freq = counts / draws
     assert bool((counts[expected == 0] == 0).all()), "sampled a token transformers' warpers remove"
@@ -192,7 +196,7 @@ def test_tiled_candidates_trust_only_the_true_top():
     trusts equal ``topk``'s, and rows whose trusted candidates cannot settle top-p are found."""
     logits = _tiled_rows()
     params = SamplingParams(temperature=0.7, top_p=0.9)
-    values, index, trusted = generation._top_logits(logits, 64)
+    values, index, trusted = next_token._top_logits(logits, 64)
     exact_values, exact_index = logits.topk(64, dim=-1)
     assert (trusted < 64).all() and (trusted > 0).all()
     for row in range(3):
@@ -200,11 +204,11 @@ def test_tiled_candidates_trust_only_the_true_top():
         assert torch.equal(values[row, :n], exact_values[row, :n])
         assert torch.equal(index[row, :n], exact_index[row, :n])
     log_norm = torch.logsumexp(logits / 0.7, dim=-1, keepdim=True)
-    tiled = generation._may_extend(torch.exp(values / 0.7 - log_norm), trusted, logits.shape[1], params)
-    exact = generation._may_extend(torch.exp(exact_values / 0.7 - log_norm), torch.full((3,), 64), logits.shape[1],
+    tiled = next_token._may_extend(torch.exp(values / 0.7 - log_norm), trusted, logits.shape[1], params)
+    exact = next_token._may_extend(torch.exp(exact_values / 0.7 - log_norm), torch.full((3,), 64), logits.shape[1],
                                    params)
     assert tiled.tolist() == [False, True, True] and exact.tolist() == [False, True, False]
-    log_norm_ours = generation._scaled_logsumexp(logits, exact_values[:, :1], 0.7, torch.empty(4, logits.shape[1]))
+    log_norm_ours = next_token._scaled_logsumexp(logits, exact_values[:, :1], 0.7, torch.empty(4, logits.shape[1]))
     assert torch.allclose(log_norm_ours, log_norm, rtol=1e-6)
 
 
@@ -220,7 +224,7 @@ def test_sampler_with_tiled_candidates_draws_from_transformers_distribution():
     scratch = torch.empty_like(logits)
     counts = torch.zeros_like(logits)
     for _ in range(draws):
-        tokens = generation._next_tokens(logits.clone(), params, gen, None, candidates=64, scratch=scratch)
+        tokens = next_token.next_tokens(logits.clone(), params, gen, None, candidates=64, scratch=scratch)
         counts[torch.arange(3), tokens] += 1
     assert bool((counts[expected == 0] == 0).all()), "sampled a token transformers' warpers remove"
     assert float((counts / draws - expected).abs().max()) < 0.035
@@ -240,7 +244,7 @@ def test_categorical_draws_by_tile_then_token():
     gen, draws = torch.Generator().manual_seed(2), 20000
     counts = torch.zeros_like(weights)
     for _ in range(draws // 100):
-        tokens = generation._categorical(weights.repeat(100, 1), gen).view(100, 3)
+        tokens = next_token._categorical(weights.repeat(100, 1), gen).view(100, 3)
         counts.scatter_add_(1, tokens.T, torch.ones(3, 100))
     assert bool((counts[weights == 0] == 0).all()), "drew a zero-weight token"
     freq = counts / draws
@@ -249,9 +253,9 @@ def test_categorical_draws_by_tile_then_token():
     tile_freq, tile_expected = freq[2].view(768, 64).sum(-1), expected[2].view(768, 64).sum(-1)
     assert float((tile_freq - tile_expected).abs().max()) < 0.006
     cdf = torch.tensor([[0.0, 0.2, 0.2, 1.0, 1.0, 1.0]], dtype=torch.float64)  # trailing zero weights
-    assert generation._inverse_cdf(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 3
-    assert generation._inverse_cdf(cdf, torch.tensor([[0.2]], dtype=torch.float64)).item() == 3  # skips index 2
-    assert generation._inverse_cdf(cdf, torch.tensor([[0.0]], dtype=torch.float64)).item() == 1  # skips index 0
+    assert next_token._inverse_cdf(cdf, torch.tensor([[1.0]], dtype=torch.float64)).item() == 3
+    assert next_token._inverse_cdf(cdf, torch.tensor([[0.2]], dtype=torch.float64)).item() == 3  # skips index 2
+    assert next_token._inverse_cdf(cdf, torch.tensor([[0.0]], dtype=torch.float64)).item() == 1  # skips index 0
 
 
 def test_stop_strings_end_the_completion(tiny):
@@ -273,9 +277,9 @@ def test_stop_strings_end_the_completion(tiny):
 
 def test_grpo_rollouts_come_from_the_r1_engine(tiny_model_dir, tmp_path, monkeypatch):
     """R1GRPOTrainer samples its groups with sample_token_ids (each group's prompt pre-filled once);
-    generation_engine='hf' keeps TRL's transformers path."""
+    engine 'hf' (generation_engine='hf') keeps TRL's transformers path."""
     from r1core.config import GRPOStageConfig
-    from r1core.grpo import R1GRPOTrainer, build_prompt_dataset, grpo_args
+    from r1core.grpo import R1GRPOConfig, R1GRPOTrainer, build_prompt_dataset, grpo_args
 
     calls = []
     real = generation.sample_token_ids
@@ -286,21 +290,21 @@ def test_grpo_rollouts_come_from_the_r1_engine(tiny_model_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(generation, "sample_token_ids", spy)
     rows = pd.DataFrame({"id": ["a", "b"], "problem": ["1+1?", "2+2?"], "answer": ["2", "4"]})
-    for engine, expected_calls in (("r1", 1), ("hf", 0)):
+    for engine, expected_calls in (("cpu", 1), ("hf", 0)):
         calls.clear()
         model, tok = load_model_and_tokenizer(str(tiny_model_dir))
         cfg = GRPOStageConfig(rewards={"accuracy": 1.0}, num_generations=2, max_completion_length=6, max_steps=1,
-                              args={"per_device_train_batch_size": 4, "top_p": 0.9})
+                              engine=engine, args={"per_device_train_batch_size": 4, "top_p": 0.9})
         trainer = R1GRPOTrainer(model=model, reward_funcs=[length_reward],
                                 args=grpo_args(cfg, str(tmp_path / engine), seed=0, use_cpu=True),
                                 train_dataset=build_prompt_dataset(rows, tok, "r1_zero", "<think>\n"),
-                                processing_class=tok, generation_engine=engine)
+                                processing_class=tok)
         trainer.train()
         assert len(calls) == expected_calls
     n, distinct, params = calls[0] if calls else (None, None, None)
     assert (n, distinct) == (4, 2) or not calls
     with pytest.raises(ValueError, match="generation_engine"):
-        R1GRPOTrainer(model=model, reward_funcs=[], args=None, generation_engine="fast")
+        R1GRPOConfig(output_dir=str(tmp_path), generation_engine="fast")
 
 
 def test_r1_grpo_rollouts_use_the_trainer_sampling_settings(tiny_model_dir, tmp_path, monkeypatch):

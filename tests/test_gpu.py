@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from r1core import generation
+from r1core.cpu_engine.next_token import next_tokens
 from r1core.generation import SamplingParams, generate
 from r1core.models import load_model_and_tokenizer
 from tests.tiny import length_reward
@@ -44,8 +45,8 @@ def test_sampling_on_cuda_keeps_every_tensor_on_the_device(tiny_cuda):
         assert [s.text for s in a] == [s.text for s in b]
         assert all(0 < s.num_tokens <= 16 for s in a)
     logits = torch.randn(4, 300, device="cuda") * 0.05  # flat: the 8 candidates miss top_p, full sort
-    tokens = generation._next_tokens(logits, SamplingParams(temperature=0.7, top_p=0.9),
-                                     torch.Generator("cuda").manual_seed(0), None, candidates=8)
+    tokens = next_tokens(logits, SamplingParams(temperature=0.7, top_p=0.9),
+                         torch.Generator("cuda").manual_seed(0), None, candidates=8)
     assert tokens.device.type == "cuda" and tokens.shape == (4,)
 
 

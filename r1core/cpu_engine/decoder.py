@@ -1,6 +1,6 @@
-"""The ``"r1"`` engine's decode step on CPU for Llama-family models (Llama, Mistral, Qwen2, Qwen3):
-the model's own weights and modules, without transformers' per-layer machinery, and one C++
-kernel per layer for the attention (``csrc/decode_attention.cpp``).
+"""The engine's decode step on CPU for Llama-family models (Llama, Mistral, Qwen2, Qwen3): the
+model's own weights and modules, without transformers' per-layer machinery, and one C++ kernel
+call per layer for the attention (:mod:`r1core.cpu_engine.kernel`).
 
 A decode step at 64 rows through transformers' forward spends ~40% of its time outside the matrix
 multiplies on this 2-core machine: SDPA reads the KV cache at ~10 GB/s, and each layer runs ~90
@@ -8,82 +8,26 @@ small calls (masks, rotary, cache update, reshapes). :class:`CpuDecoder` runs th
 computation (embedding, per layer: RMSNorm, q/k/v projections, rotary embedding, cache write,
 grouped-query attention over each row's own columns, output projection and residual, RMSNorm,
 SiLU-gated MLP and residual; final norm and LM head) with the model's modules' own forwards for
-every linear layer (the engine's oneDNN packed weights) and :func:`rope_attend` for rotary +
-cache write + attention, and ``add_rms_norm`` for each residual add + RMSNorm. The logits equal transformers' up to fp32 summation order (tested).
-
-The kernel is compiled once per machine with :mod:`torch.utils.cpp_extension` (g++ and ninja;
-~40 s, cached under ``~/.cache/torch_extensions`` or ``$TORCH_EXTENSIONS_DIR``; concurrent
-processes wait for one build). Where it cannot be built (no compiler, no
-AVX2/FMA, not x86-64) or ``R1_CPU_DECODE=0`` is set, the engine keeps transformers' forward.
+every linear layer (the engine's oneDNN packed weights) and the kernel's ``rope_attend`` for
+rotary + cache write + attention, and ``add_rms_norm`` for each residual add + RMSNorm. The logits
+equal transformers' up to fp32 summation order (tested). Where the kernel is not available, the
+engine keeps transformers' forward.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from r1core.cpu_engine.kernel import kernels
+
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
 #: Model classes whose decoder layers are the Llama layout (pre-norm, rotary, SiLU-gated MLP).
 SUPPORTED_MODELS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 HEAD_DIMS = (16, 32, 64, 128)
-_kernels: object = None  # the built extension; False once building failed
-
-
-def kernels():
-    """The compiled extension (``rope_attend``), building it on first use; ``None`` where it cannot
-    be built or is switched off (``R1_CPU_DECODE=0``). A failure is logged once, with its cause."""
-    global _kernels
-    if _kernels is None:
-        _kernels = _build() or False
-    return _kernels or None
-
-
-def build_directory() -> Path:
-    """Where the kernel is built and cached: under torch's extensions folder
-    (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), per Python version."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(get_default_build_root()) / f"r1_decode_attention-py{sys.version_info[0]}{sys.version_info[1]}"
-
-
-def _build():
-    if os.environ.get("R1_CPU_DECODE", "1") == "0":
-        return None
-    if platform.machine().lower() not in ("x86_64", "amd64") or torch.backends.cpu.get_cpu_capability() not in (
-            "AVX2", "AVX512"):
-        logger.info("CPU decode kernel: needs an x86-64 CPU with AVX2 (this is %s, %s); using transformers' "
-                    "forward", platform.machine(), torch.backends.cpu.get_cpu_capability())
-        return None
-    try:
-        import fcntl
-
-        from torch.utils.cpp_extension import load
-
-        build = build_directory()
-        build.mkdir(parents=True, exist_ok=True)
-        # torch's own build lock is a file that a process killed mid-build leaves behind, and every
-        # later load then waits for it forever. Builds are serialised by an OS lock here instead
-        # (released when its holder dies), so a torch lock file found while holding it is stale.
-        with open(build / "r1-build.lock", "w") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            (build / "lock").unlink(missing_ok=True)
-            # -fopenmp: without it at::parallel_for compiles to a serial loop (one core of the two here)
-            return load(name="r1_decode_attention", sources=[str(SOURCE)], build_directory=str(build),
-                        with_cuda=False, verbose=False, extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-                        extra_ldflags=["-fopenmp"])
-    except Exception as exc:  # no compiler or ninja, a read-only cache folder: decoding still works, slower
-        logger.warning("CPU decode kernel could not be built (%s: %s); decoding uses transformers' forward, "
-                       "~1.3x slower. Install g++ and ninja (or set R1_CPU_DECODE=0 to skip the attempt).",
-                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return None
 
 
 def unsupported(model) -> str | None:
@@ -118,8 +62,8 @@ def unsupported(model) -> str | None:
 
 class CpuDecoder:
     """One decode step of a supported model (see :func:`unsupported`) over the engine's preallocated
-    KV cache. Build it inside the engine's ``_packed_linears`` block: it calls each linear layer's
-    forward as set at construction (the packed kernel there)."""
+    KV cache. Build it inside the engine's :class:`r1core.cpu_engine.linears.packed_linears` block:
+    it calls each linear layer's forward as set at construction (the packed kernel there)."""
 
     def __init__(self, model, ops):
         self.ops = ops
@@ -161,8 +105,9 @@ class CpuDecoder:
         Args:
             ids: ``(b,)`` this step's input tokens.
             positions: ``(b,)`` their positions (rotary).
-            layers: the cache's ``_PreallocatedLayer`` per decoder layer, ``b`` rows each, every row
-                filled up to the same column; this step's key and value go into the next column.
+            layers: the cache's :class:`r1core.cpu_engine.cache.PreallocatedLayer` per decoder layer,
+                ``b`` rows each, every row filled up to the same column; this step's key and value
+                go into the next column.
             starts: ``(b,)`` int64, each row's first cache column (its left padding is not read).
         """
         rows, d, ops = ids.shape[0], self.head_dim, self.ops

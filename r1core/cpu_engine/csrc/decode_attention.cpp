@@ -1,5 +1,5 @@
 // One decode step's attention for the "r1" engine on x86-64 CPUs with AVX2 and FMA
-// (r1core/cpu_decode.py builds it with torch.utils.cpp_extension and falls back to transformers'
+// (r1core/cpu_engine/kernel.py builds it with torch.utils.cpp_extension and falls back to transformers'
 // forward where it cannot).
 //
 // add_rms_norm(h, delta, weight, eps) -> (B, E): h += delta in place (delta may be None), then
