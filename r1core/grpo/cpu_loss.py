@@ -129,8 +129,11 @@ def _shared_prefix_hidden(backbone, args, kwargs, labels, max_padding: float = 0
     cache = DynamicCache(config=backbone.config)
     if len(prompts) == len(input_ids) or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None, 0
+    from r1core.cpu_engine.cache import cache_keyword
+
+    kv = cache_keyword(backbone)  # transformers' name for the cache argument (``cache`` from 5.x's rename)
     prompt_out = backbone(input_ids=prompts[:, :start], attention_mask=prompts[:, start:].to(attention_mask.dtype),
-                          past_key_values=cache, use_cache=True)
+                          use_cache=True, **{kv: cache})
     prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # each (U, heads, start, d)
     # a row's hidden states are needed up to the column before its last scored label
     ends = torch.where(scored.any(1), scored.shape[1] - scored.flip(1).int().argmax(1) - 1, start).tolist()
@@ -149,7 +152,7 @@ def _shared_prefix_hidden(backbone, args, kwargs, labels, max_padding: float = 0
                                        config=backbone.config)  # backward sums the copies into the prompt's KV
             parts.append(backbone(input_ids=input_ids[index, start:start + longest],
                                   attention_mask=attention_mask[index, :start + longest],
-                                  past_key_values=batch_cache, use_cache=True).last_hidden_state)
+                                  use_cache=True, **{kv: batch_cache}).last_hidden_state)
         pieces.append(torch.nn.functional.pad(torch.cat(parts, 1), (0, 0, 0, width - 1 - longest)))  # (b, width, H)
     return torch.cat(pieces)[torch.tensor(order, device=input_ids.device).argsort()], start - 1
 
