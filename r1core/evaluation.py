@@ -132,9 +132,11 @@ def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: Sampl
         k: samples per problem.
         params: sampling settings (R1: temperature 0.6, top-p 0.95).
         results_path: a resumable :class:`r1core.samplelog.SampleLog` (JSONL): every chunk of
-            ``4 * sampler.batch_size`` samples is appended as soon as it is scored, and samples
+            ``4 * sampler.batch_size`` samples is appended as soon as it is scored, and chunks
             already there are not generated again; a crashed or retried evaluation loses at most one
-            chunk (a line cut by a kill is dropped). The caller keys the file by model, benchmark
+            chunk (a line cut by a kill is dropped), and on a deterministic sampler (the project's
+            engine) resumes to exactly the samples and metrics of an uninterrupted run: each chunk
+            is a fixed slice of the (problem, sample) pairs, seeded by its offset, sampled whole. The caller keys the file by model, benchmark
             and settings. A second evaluation of the same file (another process) waits for the
             first to finish and reuses its samples, rather than both appending.
         generate_fn: ``(prompts, params) -> completions`` replacing ``sampler.complete`` (e.g. a
@@ -172,12 +174,16 @@ def _evaluate(sampler, problems: pd.DataFrame, k: int, params: SamplingParams, r
     for rec in log.read() if log is not None else []:
         done[(rec["id"], rec["sample"])] = rec
     ids = [str(i) for i in rows["id"]]
-    todo = [(i, j) for i in range(len(rows)) for j in range(k) if (ids[i], j) not in done]
+    pairs = [(i, j) for i in range(len(rows)) for j in range(k)]
     chunk = max(sampler.batch_size * 4, 1)
     checks = checks_of(rows)  # per problem: how its answer is checked
     complete = generate_fn or sampler.complete
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
+    # Chunks are fixed slices of every (problem, sample) pair, each seeded by its offset, and a chunk
+    # is sampled whole: a resumed evaluation samples what an uninterrupted one would have.
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        if all((ids[i], j) in done for i, j in part):
+            continue
         prompts = [sampler.render(rows.at[i, "problem"]) for i, _ in part]
         outs = complete(prompts, replace(params, seed=params.seed + start))
         verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],

@@ -96,15 +96,17 @@ def test_evaluation_resumes_from_written_samples(tiny_model_dir, tmp_path, data_
     params = SamplingParams(max_new_tokens=4, seed=1)
     m1, s1 = evaluate_benchmark(sampler, problems, k=2, params=params, results_path=path)
     assert len(path.read_text().splitlines()) == 6 and len(s1) == 6
-    # a kill after the first chunk (4 samples) and mid-way through writing the 5th line: the cut
-    # line is dropped, and the rerun generates only the last 2 samples
+    # a kill mid-way through writing the 6th line (the second chunk: samples 5-6): the cut line is
+    # dropped, and the rerun samples only that chunk, whole, with its own seed
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:4]) + "\n" + lines[4][: len(lines[4]) // 2])
+    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
     calls = []
     sampler.on_batch = lambda done, total, tps: calls.append(total)
     m2, s2 = evaluate_benchmark(sampler, problems, k=2, params=params, results_path=path)
     assert sum(1 for _ in calls) == 2 and len(s2) == 6
-    assert len(path.read_text().splitlines()) == 6  # the cut line was replaced, not joined
+    assert "\n".join(path.read_text().splitlines()).count("}{") == 0  # the cut line was replaced, not joined
+    # the resumed evaluation is the uninterrupted one: same samples, same metrics
+    assert list(s2["completion"]) == list(s1["completion"]) and m2 == m1
     assert list(s2["completion"][:4]) == list(s1["completion"][:4])   # kept, not re-sampled
     assert set(m2) >= {"pass@1", "pass@2", "cons@2", "pass@1_stderr", "truncated_fraction"}
 
