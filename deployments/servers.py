@@ -108,7 +108,7 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
     try:
         wait_for(f"{servers.prefect_url}/api/health", prefect, p_log, timeout)
         wait_for(f"{servers.mlflow_url}/health", mlflow, m_log, timeout)
-    except ServerStartError:
+    except BaseException:  # did not come up, or interrupted while waiting: stop what was started
         servers.stop()
         raise
     return servers
@@ -193,12 +193,12 @@ def ui(prefect_port: int, mlflow_port: int) -> int:
     both servers and their children within seconds)."""
     sigterm_as_interrupt()
     servers = start(prefect_port, mlflow_port)
-    print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
-          "Send flows and tracking there (in another shell):\n"
-          + "".join(f"  export {k}={v}\n" for k, v in servers.env.items())
-          + "  r1 serve     # serve the deployments: Run them from the Prefect UI\n\nCtrl-C (or SIGTERM) stops both servers.",
-          flush=True)
-    try:
+    try:  # from here on, an interrupt at any point (even while printing) stops both servers
+        print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
+              "Send flows and tracking there (in another shell):\n"
+              + "".join(f"  export {k}={v}\n" for k, v in servers.env.items())
+              + "  r1 serve     # serve the deployments: Run them from the Prefect UI\n\nCtrl-C (or SIGTERM) stops both servers.",
+              flush=True)
         while servers.prefect.poll() is None and servers.mlflow.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:
