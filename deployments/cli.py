@@ -4,8 +4,10 @@
 - ``r1 eval --model MODEL [--recipe R] [--benchmarks math500,aime24] [--num-samples K] [--limit N] [--max-new-tokens T]
   [--budgets 64,128,256 [--num-waits M]]``
 - ``r1 recipe --recipe R [--set ...]``: validate a recipe and print it resolved.
-- ``r1 ui [--prefect-port 4200] [--mlflow-port 5000]``: start the Prefect and MLflow servers (UIs).
+- ``r1 ui [--prefect-port 4200] [--mlflow-port 5000] [--backend-store-uri URI] [--artifacts-destination D]``:
+  start the Prefect and MLflow servers (UIs).
 - ``r1 serve [--prefect-api-url URL]``: serve the deployments against that Prefect server.
+- ``r1 deploy --pool NAME [--source DIR|GIT_URL] [--stages-only]``: register them on a work pool.
 """
 
 from __future__ import annotations
@@ -42,8 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="start prefect server and mlflow server on 127.0.0.1 and print their URLs")
     u.add_argument("--prefect-port", type=int, default=4200)
     u.add_argument("--mlflow-port", type=int, default=5000)
+    u.add_argument("--backend-store-uri", default=None,
+                   help="MLflow store, e.g. postgresql://user@host:5432/mlflow (default: the project's SQLite file)")
+    u.add_argument("--artifacts-destination", default=None,
+                   help="where the MLflow server keeps the artifacts it serves (default: <state>/mlartifacts)")
+    u.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: reachable from other machines)")
     s = sub.add_parser("serve", help="serve the deployments (Run them from the Prefect UI)")
     s.add_argument("--prefect-api-url", default=None, help="default: $PREFECT_API_URL or http://127.0.0.1:4200/api")
+    d = sub.add_parser("deploy", help="register the deployments on a Prefect work pool (run by its workers)")
+    d.add_argument("--pool", required=True, help="work pool name (created as a process pool when missing)")
+    d.add_argument("--source", default=None,
+                   help="project folder or git URL the workers run the flows from (default: this project folder)")
+    d.add_argument("--stages-only", action="store_true",
+                   help="register only r1-stage/POOL, which runs the recipe stages placed on POOL (work_pool: POOL)")
+    d.add_argument("--pool-type", default="process", help="type of a pool that must be created (default: %(default)s)")
     return parser
 
 
@@ -78,11 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             from deployments import servers
 
-            return servers.ui(args.prefect_port, args.mlflow_port)
+            return servers.ui(args.prefect_port, args.mlflow_port, backend_store_uri=args.backend_store_uri,
+                              artifacts_destination=args.artifacts_destination, host=args.host)
         if args.command == "serve":
             from deployments.serve import main as serve
 
             return serve(args.prefect_api_url)
+        if args.command == "deploy":
+            from deployments.deploy import main as deploy
+
+            return deploy(args.pool, args.source, args.stages_only, args.pool_type)
     except (RecipeError, DataError, ModelNotFoundError, ValueError, servers_error()) as err:
         print(f"r1: error: {err}", file=sys.stderr)
         return 2

@@ -27,28 +27,65 @@ from flows.promote import promote
 NIGHTLY_CRON = os.environ.get("R1_NIGHTLY_CRON", "0 2 * * *")
 
 
-def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-quickstart-student") -> list:
-    """The deployment objects (also used by tests to check names, schedules and parameters)."""
+#: Where each deployed flow is, relative to the project folder (what a work pool's worker loads).
+ENTRYPOINTS = {"r1-pipeline": "flows/pipeline.py:r1_pipeline", "evaluate": "flows/evaluate.py:evaluate",
+               "nightly-eval": "flows/nightly.py:nightly_eval", "promote": "flows/promote.py:promote",
+               "r1-stage": "flows/stage.py:r1_stage"}
+
+
+def _flows(source: str | None) -> dict:
+    """The flow objects by flow name: these modules' own (to serve them here), or loaded from
+    ``source`` (a project folder or git URL, to deploy them to a work pool with that pull step)."""
+    if source is None:
+        from flows.stage import r1_stage
+
+        return {"r1-pipeline": r1_pipeline, "evaluate": evaluate, "nightly-eval": nightly_eval, "promote": promote,
+                "r1-stage": r1_stage}
+    from prefect import Flow
+
+    return {name: Flow.from_source(source, entrypoint) for name, entrypoint in ENTRYPOINTS.items()}
+
+
+def deployments(recipe: str = "recipes/quickstart.yaml", model_name: str = "r1-quickstart-student",
+                source: str | None = None) -> list:
+    """The deployment objects (also used by tests to check names, schedules and parameters).
+
+    Args:
+        recipe: the recipe the deployments' parameters default to.
+        model_name: the registered model the nightly and promote deployments watch.
+        source: ``None`` for the flows of this process (``r1 serve``); a project folder or git URL
+            for deployments a work pool's workers run from there (``r1 deploy``).
+    """
+    f = _flows(source)
+    pipeline = f["r1-pipeline"]
     return [
-        r1_pipeline.to_deployment(name="r1-pipeline", parameters={"recipe": recipe},
-                                  description="The R1 recipe end to end.", tags=["r1"]),
-        r1_pipeline.to_deployment(name="curate", parameters={"recipe": recipe, "targets": ["curate"]},
-                                  description="The recipe's curated data set.", tags=["r1"]),
-        r1_pipeline.to_deployment(name="grpo", parameters={"recipe": recipe, "targets": ["grpo"]},
-                                  description="The recipe's GRPO stages (and what they need).", tags=["r1"]),
-        r1_pipeline.to_deployment(name="distill", parameters={"recipe": "recipes/distill.yaml",
-                                                              "targets": ["rejection_sampling", "sft"]},
-                                  description="Teacher traces (rejection sampling) -> student SFT.", tags=["r1"]),
-        evaluate.to_deployment(name="evaluate", parameters={"recipe": recipe},
-                               description="R1-protocol evaluation of a model URI.", tags=["r1"]),
-        nightly_eval.to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,
-                                   parameters={"recipe": recipe, "model_name": model_name},
-                                   description="Nightly evaluation of the registry's champion and challenger.",
-                                   tags=["r1", "nightly"]),
-        promote.to_deployment(name="promote", parameters={"recipe": recipe, "model_name": model_name},
-                              description="Promote the challenger to champion through the recipe's gate.",
-                              tags=["r1", "registry"]),
+        pipeline.to_deployment(name="r1-pipeline", parameters={"recipe": recipe},
+                               description="The R1 recipe end to end.", tags=["r1"]),
+        pipeline.to_deployment(name="curate", parameters={"recipe": recipe, "targets": ["curate"]},
+                               description="The recipe's curated data set.", tags=["r1"]),
+        pipeline.to_deployment(name="grpo", parameters={"recipe": recipe, "targets": ["grpo"]},
+                               description="The recipe's GRPO stages (and what they need).", tags=["r1"]),
+        pipeline.to_deployment(name="distill", parameters={"recipe": "recipes/distill.yaml",
+                                                           "targets": ["rejection_sampling", "sft"]},
+                               description="Teacher traces (rejection sampling) -> student SFT.", tags=["r1"]),
+        f["evaluate"].to_deployment(name="evaluate", parameters={"recipe": recipe},
+                                    description="R1-protocol evaluation of a model URI.", tags=["r1"]),
+        f["nightly-eval"].to_deployment(name="nightly-eval", cron=NIGHTLY_CRON,
+                                        parameters={"recipe": recipe, "model_name": model_name},
+                                        description="Nightly evaluation of the registry's champion and challenger.",
+                                        tags=["r1", "nightly"]),
+        f["promote"].to_deployment(name="promote", parameters={"recipe": recipe, "model_name": model_name},
+                                   description="Promote the challenger to champion through the recipe's gate.",
+                                   tags=["r1", "registry"]),
     ]
+
+
+def stage_deployment(pool: str, source: str):
+    """Deployment ``r1-stage/<pool>``: runs one stage of a pipeline on work pool ``pool`` (the
+    stages a recipe places there with ``work_pool: <pool>``)."""
+    return _flows(source)["r1-stage"].to_deployment(
+        name=pool, description=f"One pipeline stage, on work pool {pool} (recipe stages with work_pool: {pool}).",
+        tags=["r1", "stage"])
 
 
 def main(prefect_api_url: str | None = None) -> int:

@@ -1,7 +1,7 @@
 """``r1 ui`` and ``r1 serve``: the real Prefect and MLflow servers on this machine.
 
-``r1 ui`` (:func:`ui`) starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store and
-artifacts folder) on 127.0.0.1, waits until both answer, prints their URLs and the two variables
+``r1 ui`` (:func:`ui`) starts ``prefect server start`` and ``mlflow server`` (the project's SQLite store, or
+PostgreSQL; artifacts served by the tracking server) on 127.0.0.1, waits until both answer, prints their URLs and the two variables
 that point flows at them, and stops both (and their children) on Ctrl-C or SIGTERM. ``r1 serve`` (:func:`deployments.serve.main`) serves the deployments
 against that Prefect server, so Run in the Prefect UI executes here. Neither imports Prefect.
 """
@@ -87,24 +87,41 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> Non
     raise ServerStartError(f"{url} did not answer within {timeout:.0f} s; see {log}")
 
 
-def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 180) -> Servers:
-    """Start both servers on 127.0.0.1 and wait until they answer (logs under ``<state>/servers``).
+def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 180, *,
+          backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+          host: str = "127.0.0.1") -> Servers:
+    """Start both servers on ``host`` and wait until they answer (logs under ``<state>/servers``).
+
+    MLflow serves the artifacts itself (``--artifacts-destination``): new experiments get
+    ``mlflow-artifacts:/`` locations, so a client on another machine uploads and downloads through
+    the tracking server and needs no access to its disk.
+
+    Args:
+        backend_store_uri: MLflow's store (default: the project's ``sqlite:///<state>/mlflow.db``), e.g.
+            ``postgresql://user@host:5432/mlflow`` (needs ``pip install '.[postgres]'``).
+        artifacts_destination: where the server keeps artifacts (default: ``<state>/mlartifacts``, the
+            folder the embedded default writes to), e.g. ``s3://bucket/mlflow``.
+        host: the address both servers listen on (``0.0.0.0`` for other machines).
 
     Raises:
         ServerStartError: a server did not come up (the message carries its log's end).
+        ValueError: a PostgreSQL store without the ``psycopg`` driver installed.
     """
+    backend_store_uri = backend_store_uri or f"sqlite:///{state_dir() / 'mlflow.db'}"
+    check_store_driver(backend_store_uri)
     logs = state_dir() / "servers"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(state_dir() / "prefect")),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
     p_log, m_log = logs / "prefect.log", logs / "mlflow.log"
-    prefect = subprocess.Popen([_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+    prefect = subprocess.Popen([_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
                                stdout=p_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    mlflow = subprocess.Popen([_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                               "--backend-store-uri", f"sqlite:///{state_dir() / 'mlflow.db'}",
-                               "--default-artifact-root", artifact_root()],
+    mlflow = subprocess.Popen([_bin("mlflow"), "server", "--host", host, "--port", str(mlflow_port),
+                               "--backend-store-uri", backend_store_uri, "--serve-artifacts",
+                               "--artifacts-destination", artifacts_destination or artifact_root()],
                               stdout=m_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    servers = Servers(prefect, mlflow, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}")
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    servers = Servers(prefect, mlflow, f"http://{local}:{prefect_port}", f"http://{local}:{mlflow_port}")
     try:
         wait_for(f"{servers.prefect_url}/api/health", prefect, p_log, timeout)
         wait_for(f"{servers.mlflow_url}/health", mlflow, m_log, timeout)
@@ -112,6 +129,17 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
         servers.stop()
         raise
     return servers
+
+
+def check_store_driver(backend_store_uri: str) -> None:
+    """Raise ``ValueError`` now, not as a server that exits at start-up, when a PostgreSQL store's
+    driver is missing (SQLAlchemy's ``postgresql://`` needs ``psycopg``)."""
+    import importlib.util
+
+    if backend_store_uri.startswith("postgresql") and not any(
+            importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
+        raise ValueError(f"MLflow store {backend_store_uri.split('@')[-1]} is PostgreSQL, but no PostgreSQL driver is "
+                         "installed: pip install '.[postgres]' (psycopg 3).")
 
 
 def _die_with_parent() -> None:
@@ -188,11 +216,13 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def ui(prefect_port: int, mlflow_port: int) -> int:
-    """``r1 ui``: start both servers, print where they are, wait for Ctrl-C or SIGTERM (either stops
-    both servers and their children within seconds)."""
+def ui(prefect_port: int, mlflow_port: int, *, backend_store_uri: str | None = None,
+       artifacts_destination: str | None = None, host: str = "127.0.0.1") -> int:
+    """``r1 ui``: start both servers (:func:`start`), print where they are, wait for Ctrl-C or
+    SIGTERM (either stops both servers and their children within seconds)."""
     sigterm_as_interrupt()
-    servers = start(prefect_port, mlflow_port)
+    servers = start(prefect_port, mlflow_port, backend_store_uri=backend_store_uri,
+                    artifacts_destination=artifacts_destination, host=host)
     try:  # from here on, an interrupt at any point (even while printing) stops both servers
         print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
               "Send flows and tracking there (in another shell):\n"

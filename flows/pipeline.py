@@ -5,7 +5,8 @@ task is submitted with its upstream tasks' futures as inputs, so Prefect runs a 
 it reads is ready, stages whose inputs are ready together (up to the recipe's ``concurrency``,
 the stage graph's task runner), and draws the edges in its UI. The quickstart graph is
 curate -> grpo -> rejection sampling -> sft -> evaluate -> register. The ``curate``, ``grpo`` and
-``distill`` deployments are this flow with ``targets``.
+``distill`` deployments are this flow with ``targets``. A stage with a ``work_pool`` runs on that
+pool as a flow run of ``r1-stage/<pool>`` (:mod:`flows.stage`), the pipeline waiting for it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str
     cfg = load_recipe(recipe, overrides)  # the stage graph is checked here
     stages.validate(cfg)  # bad data/model/reward names fail here, before any training
     selected = graph.select(cfg, targets) if targets else list(cfg.stages)
+    stage_tasks.check_placements(cfg, selected)  # a stage placed on a work pool has somewhere to run
     parent = stages.start_pipeline(cfg, flow_run.get_id(), stage_tasks.flow_run_ui_url())
     log.info("MLflow parent run %s (experiment %s)", parent, cfg.experiment_name)
     runner = ThreadPoolTaskRunner(max_workers=cfg.concurrency)
@@ -77,9 +79,13 @@ def stage_graph(recipe_json: str, selected: list[str], parent_run_id: str, fresh
         stage = cfg.stages[name]
         reads = graph.ancestors(cfg, name) if stage.type == "register" else deps[name]
         upstream = {"base": futures["base"], **{s: futures[s] for s in reads}}
-        task = stage_tasks.STAGE_TASKS[stage.type]
-        opts = {"refresh_cache": True} if fresh and stage.type != "register" else {}
-        futures[name] = task.with_options(task_run_name=name, **opts).submit(recipe_json, name, parent_run_id, upstream)
+        refresh = fresh and stage.type != "register"
+        if stage.work_pool:  # runs on that pool, as a flow run of r1-stage/<pool>; this task waits for it
+            task = stage_tasks.placed_stage.with_options(task_run_name=f"{name}@{stage.work_pool}")
+            futures[name] = task.submit(recipe_json, name, parent_run_id, upstream, fresh=refresh)
+        else:
+            task = stage_tasks.STAGE_TASKS[stage.type].with_options(task_run_name=name, refresh_cache=refresh or None)
+            futures[name] = task.submit(recipe_json, name, parent_run_id, upstream)
     out = {name: f.result() for name, f in futures.items()}
     get_run_logger().info("stages done: %s", ", ".join(n for n in out if n != "base"))
     return out

@@ -57,6 +57,12 @@ class _Stage(_Section):
 
     INPUTS: ClassVar[dict[str, str]] = {}
     OUTPUT: ClassVar[str] = ""
+    #: Settings that say where a stage runs, not what it computes (left out of its cache key).
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("work_pool",)
+    work_pool: str | None = Field(None, description=(
+        "Run this stage on that Prefect work pool (as the r1-stage/<work_pool> deployment, registered by "
+        "`r1 deploy --pool <work_pool> --stages-only`), e.g. gpu for training, cpu for evaluation. None: in "
+        "the pipeline's own flow run."))
 
     def input_refs(self) -> dict[str, tuple[str, str]]:
         """``{input key: (reference, kind)}`` for the inputs this stage reads."""

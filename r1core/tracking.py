@@ -339,3 +339,29 @@ def heldout_uri(dataset_uri: str) -> str:
             return f"runs:/{run_id}/data/heldout.jsonl"
     raise ValueError(f"{dataset_uri} has no held-out set beside it (only a curate stage with procedural tasks "
                      "writes one); name catalog benchmarks in grpo.eval.benchmarks instead of 'heldout'.")
+
+
+def _placed_output_path(stage: str, flow_run_id: str) -> str:
+    return f"placed/{stage}/{flow_run_id}.json"
+
+
+def log_placed_output(parent_run_id: str, stage: str, flow_run_id: str, output: dict[str, Any]) -> None:
+    """Record what a stage run on another work pool returned (``placed/<stage>/<flow run id>.json``,
+    an artifact of the pipeline's parent run), so the pipeline reads it back through MLflow, the
+    one store every machine already writes to (Prefect's own results stay on the machine that ran
+    the stage unless a shared result storage is configured)."""
+    MlflowClient().log_dict(parent_run_id, output, _placed_output_path(stage, flow_run_id))
+
+
+def read_placed_output(parent_run_id: str, stage: str, flow_run_id: str) -> dict[str, Any]:
+    """What :func:`log_placed_output` recorded for that flow run.
+
+    Raises:
+        RuntimeError: nothing was recorded (the stage's flow run did not finish its stage).
+    """
+    uri = f"runs:/{parent_run_id}/{_placed_output_path(stage, flow_run_id)}"
+    try:
+        return mlflow.artifacts.load_dict(uri)
+    except Exception as err:  # MlflowException, OSError: the artifact is not there
+        raise RuntimeError(f"stage {stage}: its flow run {flow_run_id} completed but recorded no output at {uri} "
+                           f"({type(err).__name__}: {err})") from err

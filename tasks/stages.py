@@ -39,14 +39,16 @@ def _recipe(recipe_json: str) -> Recipe:
 
 @dataclass
 class StageInputs(CachePolicy):
-    """Cache key part: the stage's name and settings, the recipe's seed, experiment and name, and
-    the stage's inputs resolved from ``upstream`` (URIs of models and data sets)."""
+    """Cache key part: the stage's name and settings (not where it runs: ``work_pool``), the recipe's
+    seed, experiment and name, and the stage's inputs resolved from ``upstream`` (URIs of models and
+    data sets)."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str | None:
         recipe = _recipe(inputs["recipe_json"])
         stage = inputs["stage"]
         resolved = graph.resolve_inputs(recipe, stage, inputs.get("upstream") or {})
-        payload = {"stage": stage, "settings": recipe.stages[stage].model_dump(mode="json"),
+        settings = recipe.stages[stage]
+        payload = {"stage": stage, "settings": settings.model_dump(mode="json", exclude=set(settings.PLACEMENT)),
                    "recipe": {"seed": recipe.seed, "experiment": recipe.experiment_name, "name": recipe.name},
                    "inputs": resolved}
         return hash_objects(payload, raise_on_failure=True)
@@ -158,3 +160,70 @@ register = _stage_task("register", "Register the model, set challenger, and cham
 
 STAGE_TASKS = {"curate": curate, "grpo": grpo, "rejection_sampling": rejection_sampling, "sft": sft,
                "evaluate": evaluate, "register": register}
+
+
+#: The flow a placed stage runs as: deployment ``r1-stage/<work pool>`` (``r1 deploy --stages-only``).
+STAGE_FLOW = "r1-stage"
+
+
+class PlacementError(RuntimeError):
+    """A stage placed on a work pool did not complete there (or cannot be sent there)."""
+
+
+def stage_deployment(pool: str) -> str:
+    """The deployment that runs one stage on work pool ``pool``."""
+    return f"{STAGE_FLOW}/{pool}"
+
+
+def check_placements(recipe: Recipe, selected: list[str]) -> None:
+    """Before the first stage: every work pool a selected stage names has its ``r1-stage``
+    deployment (else a placed stage would fail after the stages before it ran).
+
+    Raises:
+        PlacementError: a deployment is missing (the message gives the command that registers it).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    pools = sorted({recipe.stages[s].work_pool for s in selected if recipe.stages[s].work_pool})
+    if not pools:
+        return
+    with get_client(sync_client=True) as client:
+        for pool in pools:
+            try:
+                client.read_deployment_by_name(stage_deployment(pool))
+            except ObjectNotFound:
+                users = [s for s in selected if recipe.stages[s].work_pool == pool]
+                raise PlacementError(
+                    f"stages {', '.join(users)} are placed on work pool {pool!r}, but deployment "
+                    f"{stage_deployment(pool)} does not exist on this Prefect server. Register it with "
+                    f"`r1 deploy --pool {pool} --stages-only` and start a worker: "
+                    f"`prefect worker start --pool {pool}`.") from None
+
+
+@task(name="placed-stage", cache_policy=NO_CACHE, retries=0)
+def placed_stage(recipe_json: str, stage: str, parent_run_id: str, upstream: dict, fresh: bool = False) -> dict:
+    """Run ``stage`` as a flow run of deployment ``r1-stage/<its work_pool>`` (a worker of that pool
+    picks it up, on whatever machine it runs) and wait for it; return the stage's outputs.
+
+    The stage's MLflow run is still a child of ``parent_run_id``, its retries and cache are its
+    task's, on the worker; the outputs come back through MLflow (:func:`r1core.tracking.read_placed_output`).
+
+    Raises:
+        PlacementError: the flow run ended in a state other than Completed (its message named).
+    """
+    from prefect.deployments import run_deployment
+
+    from r1core.tracking import read_placed_output
+
+    pool = _recipe(recipe_json).stages[stage].work_pool
+    name = stage_deployment(pool)
+    run = run_deployment(name, parameters={"recipe_json": recipe_json, "stage": stage, "parent_run_id": parent_run_id,
+                                           "upstream": upstream, "fresh": fresh}, timeout=None, as_subflow=True,
+                         flow_run_name=f"{stage}@{pool}")
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        message = (run.state.message or "") if run.state else ""
+        raise PlacementError(f"stage {stage} on work pool {pool!r}: flow run {run.name} ({run.id}) ended {state}. "
+                             f"{message}".strip())
+    return read_placed_output(parent_run_id, stage, str(run.id))
