@@ -141,7 +141,7 @@ def _pipeline(args, server) -> int:
     from r1core.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    stages.validate(recipe)  # fail fast, before Prefect starts
+    stages.validate(recipe, here=True)  # fail fast, before Prefect starts
     with server():
         from flows.pipeline import r1_pipeline
 

@@ -47,7 +47,7 @@ def run_recipe(recipe: str, overrides: list[str], fresh: bool, targets: list[str
     """The body of the pipeline flow: check, open the parent run, run the stage graph, summarise."""
     log = get_run_logger()
     cfg = load_recipe(recipe, overrides)  # the stage graph is checked here
-    stages.validate(cfg)  # bad data/model/reward names fail here, before any training
+    stages.validate(cfg, here=True)  # bad data/model/reward names, launches this machine cannot run: here
     selected = graph.select(cfg, targets) if targets else list(cfg.stages)
     stage_tasks.check_placements(cfg, selected)  # a stage placed on a work pool has somewhere to run
     parent = stages.start_pipeline(cfg, flow_run.get_id(), stage_tasks.flow_run_ui_url())

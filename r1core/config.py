@@ -132,8 +132,9 @@ class CurateConfig(_Stage):
     OUTPUT: ClassVar[str] = "dataset"
     type: Literal["curate"] = "curate"
 
-    dataset: str = Field("gsm8k:train", description="Catalog name[:split] of the training set, or "
-                         "reasoning_gym (procedural tasks, set in the reasoning_gym section).")
+    dataset: str = Field("gsm8k:train", description="Catalog name[:split] of the training set, a JSON-lines "
+                         "file (*.jsonl: problem and answer, or problem and tests for code; r1core.data.user_file_rows), "
+                         "or reasoning_gym (procedural tasks, set in the reasoning_gym section).")
     reasoning_gym: ReasoningGymConfig | None = Field(
         None, description="Procedural reasoning tasks (with dataset: reasoning_gym).")
     num_problems: int = Field(64, ge=1, description="Problems kept after filtering (a seeded sample).")
@@ -177,7 +178,17 @@ class InTrainingEvalConfig(_Section):
         None, description="Prompt template (None: the GRPO stage's template and prefill, as the policy is trained).")
     batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
 
-class GRPOStageConfig(_Stage):
+class _TrainingStage(_Stage):
+    """A stage that trains: in this process, or in ``accelerate launch`` subprocesses (:mod:`r1core.launch`)."""
+
+    accelerate_config: str | None = Field(
+        None, description="Train in `accelerate launch` subprocesses with this config: recipes/accelerate/ddp.yaml, "
+        "fsdp.yaml, zero2.yaml or zero3.yaml (FSDP and DeepSpeed need CUDA).")
+    num_processes: int = Field(1, ge=1, description="Training processes: one per GPU; on a CPU machine, > 1 runs "
+                               "DDP ranks on gloo. More than the machine's GPUs is an error.")
+
+
+class GRPOStageConfig(_TrainingStage):
     """GRPO (R1-Zero when run on a base model). Keys of ``args`` go to TRL's ``GRPOConfig`` as is.
     Output: the policy (a model)."""
 
@@ -199,9 +210,6 @@ class GRPOStageConfig(_Stage):
     max_steps: int = Field(4, ge=1)
     learning_rate: float = Field(1e-5, gt=0)
     args: dict[str, Any] = Field(default_factory=dict, description="Extra trl.GRPOConfig fields.")
-    accelerate_config: str | None = Field(
-        None, description="Train in `accelerate launch` subprocesses with this config (recipes/accelerate/*.yaml).")
-    num_processes: int = Field(1, ge=1, description="Processes (GPUs) for accelerate launch.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: none); a killed run resumes from the last.")
     dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: replace zero-advantage groups.")
     dynamic_sampling_rounds: int = Field(3, ge=1, description="Cap on extra generation rounds per step.")
@@ -284,7 +292,7 @@ class RejectionSamplingConfig(_Stage):
         return self
 
 
-class SFTStageConfig(_Stage):
+class SFTStageConfig(_TrainingStage):
     """SFT (TRL's SFTTrainer) on traces: a rejection-sampling stage's output (distillation), or a
     curated set's worked solutions written as traces (R1's cold start, section 2.3.1).
     ``args`` go to ``SFTConfig`` as is. Output: the fine-tuned model."""

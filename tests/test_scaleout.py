@@ -195,3 +195,39 @@ def test_pipeline_runs_a_stage_on_another_pool_and_mlflow_on_postgres_holds_the_
     assert "math500/pass_at_1" in by_stage["evaluate"].data.metrics
     served = list((top / "served-artifacts").rglob("*.safetensors"))
     assert any(sft_model[0].model_id in str(p) for p in served), "the SFT model was uploaded through the server"
+
+
+@pytest.mark.parametrize("stage", ["grpo", "sft"])
+def test_two_process_training_on_cpu_logs_once_into_the_stage_run(stage, tiny_model_dir, data_dir):
+    """``num_processes: 2`` on a machine without GPUs: two DDP ranks on gloo (not one process), each
+    step's metrics once in the stage's run, its figures and the launch's log kept there."""
+    from mlflow.tracking import MlflowClient
+
+    from r1core import stages
+    from r1core.config import recipe_from_dict
+
+    training = {"grpo": {"data": "curate.output", "rewards": {"tag_count": 1.0}, "num_generations": 2,
+                         "max_completion_length": 6, "max_steps": 2, "args": {"per_device_train_batch_size": 2}},
+                "sft": {"data": "curate.output", "max_steps": 2, "per_device_train_batch_size": 1, "max_length": 256}}
+    recipe = recipe_from_dict({"name": f"ddp-{stage}", "model": str(tiny_model_dir), "stages": {
+        "curate": {"dataset": "gsm8k:train", "num_problems": 4, "max_problem_chars": 300},
+        stage: {**training[stage], "num_processes": 2}}})
+    stages.validate(recipe, here=True)
+    parent = stages.start_pipeline(recipe)
+    curated = stages.run_stage(recipe, "curate", parent)
+    model_input = {"grpo": "model", "sft": "student"}[stage]
+    out = stages.run_stage(recipe, stage, parent, data=curated["dataset_uri"], **{model_input: str(tiny_model_dir)})
+    assert out["model_uri"].startswith("models:/")
+
+    client = MlflowClient()
+    run_id = out["run_id"]
+    log_dir = client.download_artifacts(run_id, "launch")
+    log = Path(log_dir, "output.log").read_text()
+    assert "r1.launch: rank 0 of 2" in log and "r1.launch: rank 1 of 2" in log, log[-2000:]
+    metric = {"grpo": "rewards/tag_count/mean", "sft": "loss"}[stage]
+    steps = [m.step for m in client.get_metric_history(run_id, metric)]
+    assert steps == [1, 2], f"each step once (rank 0 logs), got {steps}"
+    if stage == "grpo":
+        assert "learning_curve.png" in {a.path for a in client.list_artifacts(run_id)}
+    exp = client.get_run(run_id).info.experiment_id
+    assert len(client.search_runs([exp])) == 3, "parent, curate and the stage: no run of a rank of its own"

@@ -35,11 +35,12 @@ def grpo(recipe: Recipe, name: str, parent_run_id: str, data: str, model: str) -
         rows = tracking.read_dataset(dataset_uri)
         tracking.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"), "training")
         mlflow.set_tags({"r1.input_model": policy_ref, "r1.rewards": json.dumps(cfg.rewards)})
-        if cfg.accelerate_config or cfg.num_processes > 1:  # multi-GPU: accelerate launch subprocesses
-            from r1core.launch import LaunchSpec, launch
+        if cfg.accelerate_config or cfg.num_processes > 1:  # accelerate launch subprocesses
+            from r1core.launch import LaunchSpec, launch, mixed_precision
 
             summary = launch(LaunchSpec(recipe.to_json(), dataset_uri, policy_ref, str(out_dir), name), run.info.run_id,
-                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes)
+                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes,
+                             precision=mixed_precision(cfg.args))
             policy, tok = models.load_model_and_tokenizer(str(out_dir))
         else:
             policy, tok = models.load_model_and_tokenizer(policy_ref)

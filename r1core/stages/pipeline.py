@@ -16,11 +16,16 @@ from r1core.stages.common import HELDOUT, TAG_BASE_REF, TAG_MODEL_ROLE, slug
 logger = logging.getLogger(__name__)
 
 
-def validate(recipe: Recipe) -> None:
+def validate(recipe: Recipe, *, here: bool = False) -> None:
     """Check everything that can be checked before expensive work, for every stage: data sets,
-    models, reward names, ``args`` keys against the TRL config class each stage builds (the stage
-    graph itself is checked when the recipe loads, :func:`r1core.graph.check_graph`). ``r1 recipe``,
-    ``r1 pipeline`` and ``r1 eval`` all call it before Prefect starts.
+    models, reward names, ``args`` keys against the TRL config class each stage builds, training
+    launches (the stage graph itself is checked when the recipe loads,
+    :func:`r1core.graph.check_graph`). ``r1 recipe``, ``r1 pipeline`` and ``r1 eval`` all call it
+    before Prefect starts.
+
+    Args:
+        here: the stages without a ``work_pool`` run on this machine (``r1 pipeline``): also check
+            their launches against its devices (more processes than GPUs, DeepSpeed without CUDA).
 
     Raises:
         r1core.data.DataError, r1core.models.ModelNotFoundError, ValueError: with the fix.
@@ -52,6 +57,10 @@ def validate(recipe: Recipe) -> None:
             from trl import SFTConfig
 
             check_args(SFTConfig, f"stages.{name}", st.args)
+        if st.type in ("grpo", "sft"):
+            from r1core.launch import check_launch
+
+            check_launch(st, f"stages.{name}", devices=here and not st.work_pool)
         refs += [ref for ref, kind in st.input_refs().values()
                  if kind == "model" and ref != "base" and upstream(ref) is None]
     for ref in refs:

@@ -41,7 +41,15 @@ def sft(recipe: Recipe, name: str, parent_run_id: str, data: str, student: str) 
             traces_uri, _ = tracking.log_dataset(traces, "cold_start_traces", "generated", targets="answer")
         mlflow.set_tags({"r1.input_model": student_uri, "r1.traces": traces_uri})
         out_dir = work_dir("sft", run.info.run_id)
-        summary = train_sft(model_obj, tok, traces, cfg, str(out_dir), seed=recipe.seed)
+        if cfg.accelerate_config or cfg.num_processes > 1:  # accelerate launch subprocesses
+            from r1core.launch import LaunchSpec, launch, mixed_precision
+
+            summary = launch(LaunchSpec(recipe.to_json(), traces_uri, student_uri, str(out_dir), name), run.info.run_id,
+                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes,
+                             precision=mixed_precision(cfg.args))
+            model_obj, tok = models.load_model_and_tokenizer(str(out_dir))
+        else:
+            summary = train_sft(model_obj, tok, traces, cfg, str(out_dir), seed=recipe.seed)
         mlflow.log_metrics({f"summary/{k}": v for k, v in finite(summary).items()})
         info = tracking.log_model(model_obj, tok, name="student" if name == "sft" else name.replace("_", "-"),
                                   params={"num_traces": len(traces), "max_steps": cfg.max_steps},
