@@ -126,14 +126,15 @@ def _logs(top: Path) -> str:
     return "".join(f"\n--- {p.name}:\n{p.read_text()[-4000:]}" for p in sorted(top.glob("worker-*.log")))
 
 
-def _placed_recipe(tiny_model_dir: Path, path: Path) -> Path:
-    """curate -> sft (cold start, placed on pool gpu) -> evaluate (with the pipeline, on pool cpu)."""
+def _recipe(tiny_model_dir: Path, path: Path, name: str, seed: int, sft_pool: str | None) -> Path:
+    """curate -> sft (cold start; placed on ``sft_pool`` when given) -> evaluate (with the pipeline)."""
+    sft = {"data": "curate.output", "student": "base", "max_steps": 1, "per_device_train_batch_size": 2,
+           "max_length": 256, **({"work_pool": sft_pool} if sft_pool else {})}
     recipe = {
-        "name": "scaleout", "model": str(tiny_model_dir), "seed": 3,
+        "name": name, "model": str(tiny_model_dir), "seed": seed,
         "stages": {
             "curate": {"dataset": "gsm8k:train", "num_problems": 4, "max_problem_chars": 300},
-            "sft": {"data": "curate.output", "student": "base", "max_steps": 1, "per_device_train_batch_size": 2,
-                    "max_length": 256, "work_pool": "gpu"},
+            "sft": sft,
             "evaluate": {"model": "sft.output", "benchmarks": ["math500"], "limit": 2, "num_samples": 1,
                          "max_new_tokens": 8},
         },
@@ -142,59 +143,78 @@ def _placed_recipe(tiny_model_dir: Path, path: Path) -> Path:
     return path
 
 
-def test_pipeline_runs_a_stage_on_another_pool_and_mlflow_on_postgres_holds_the_lineage(cluster, tiny_model_dir):
+def _lineage(client, experiment: str) -> dict:
+    """The one pipeline run of ``experiment`` and its stage runs by stage, checked complete."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} is missing"
+    runs = client.search_runs([exp.experiment_id])
+    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parent_ids) == 1, f"{experiment}: one pipeline run, every stage under it"
+    parent = client.get_run(parent_ids.pop())
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_stage = {c.data.tags["r1.stage"]: c for c in children}
+    assert sorted(by_stage) == ["curate", "evaluate", "sft"] and len(children) == 3, sorted(by_stage)
+    assert all(c.info.status == "FINISHED" for c in by_stage.values())
+    sft_model = client.search_logged_models([exp.experiment_id],
+                                            filter_string=f"source_run_id = '{by_stage['sft'].info.run_id}'")
+    assert len(sft_model) == 1
+    assert by_stage["evaluate"].data.tags["r1.evaluated_model"] == f"models:/{sft_model[0].model_id}"
+    assert "math500/pass_at_1" in by_stage["evaluate"].data.metrics
+    return {"parent": parent, "stages": by_stage, "sft_model": sft_model[0]}
+
+
+def test_three_pipelines_at_once_one_with_a_stage_on_another_pool_all_with_full_lineage(cluster, tiny_model_dir):
+    """Three pipelines started together on one Prefect server and one MLflow server on PostgreSQL
+    (the state of a team): the first places its SFT stage on pool gpu; each finishes with its
+    whole lineage, none is lost, and no store reports "database is locked"."""
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     live, env, top, _ = cluster
-    recipe = _placed_recipe(tiny_model_dir, top / "scaleout.yaml")
+    recipes = [_recipe(tiny_model_dir, top / "scaleout.yaml", "scaleout", 3, "gpu"),
+               *(_recipe(tiny_model_dir, top / f"team-{i}.yaml", f"team-{i}", 10 + i, None) for i in (1, 2))]
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as client:
             names = {f"{client.read_flow(d.flow_id).name}/{d.name}": d.work_pool_name
                      for d in client.read_deployments()}
             assert names["r1-pipeline/r1-pipeline"] == "cpu" and names["r1-stage/gpu"] == "gpu", names
+            assert "r1-pipeline/r1-pipeline" in names and "r1-stage/cpu" in names and len(names) == 9, names
             nightly = client.read_deployment_by_name("nightly-eval/nightly-eval")
             assert nightly.work_pool_name == "cpu" and nightly.schedules, "the nightly cron is registered too"
             pull = client.read_deployment_by_name("r1-pipeline/r1-pipeline").pull_steps
             assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
             dep = client.read_deployment_by_name("r1-pipeline/r1-pipeline")
-            run = client.create_flow_run_from_deployment(dep.id, parameters={"recipe": str(recipe)})
-            deadline = time.time() + 900
-            while time.time() < deadline:
-                state = client.read_flow_run(run.id).state
-                if state.is_final():
-                    break
+            runs = [client.create_flow_run_from_deployment(dep.id, parameters={"recipe": str(r)}) for r in recipes]
+            deadline, states = time.time() + 1200, {}
+            while time.time() < deadline and len(states) < len(runs):
+                for run in runs:
+                    state = client.read_flow_run(run.id).state
+                    if state.is_final():
+                        states[run.id] = state
                 time.sleep(3)
-            assert state.is_completed(), f"{state}: {state.message}{_logs(top)}"
-            pipeline = client.read_flow_run(run.id)
-            assert pipeline.work_pool_name == "cpu"
+            for run in runs:
+                state = states.get(run.id)
+                assert state is not None and state.is_completed(), f"{run.name}: {state}{_logs(top)}"
+                assert client.read_flow_run(run.id).work_pool_name == "cpu"
             placed = [r for r in client.read_flow_runs() if r.name == "sft@gpu"]
             assert len(placed) == 1 and placed[0].state.is_completed(), placed
             assert placed[0].work_pool_name == "gpu" and placed[0].deployment_id is not None
 
     client = MlflowClient(tracking_uri=live.mlflow_url)
-    exp = client.get_experiment_by_name("r1-scaleout")
-    runs = client.search_runs([exp.experiment_id])
-    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parent_ids) == 1, "one pipeline run, every stage under it"
-    parent = client.get_run(parent_ids.pop())
-    assert parent.info.status == "FINISHED"
-    children = client.search_runs([exp.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    by_stage = {c.data.tags["r1.stage"]: c for c in children}
-    assert {"curate", "sft", "evaluate"} <= set(by_stage), sorted(by_stage)
-    assert all(c.info.status == "FINISHED" for c in by_stage.values())
-    sft_model = client.search_logged_models([exp.experiment_id],
-                                            filter_string=f"source_run_id = '{by_stage['sft'].info.run_id}'")
-    assert len(sft_model) == 1
-    # artifacts went through the tracking server (the gpu worker's disk holds none of them)
-    assert sft_model[0].artifact_location.startswith("mlflow-artifacts:"), sft_model[0].artifact_location
-    assert by_stage["evaluate"].data.tags["r1.evaluated_model"] == f"models:/{sft_model[0].model_id}"
-    assert "math500/pass_at_1" in by_stage["evaluate"].data.metrics
+    placed_lineage = _lineage(client, "r1-scaleout")
+    for i in (1, 2):
+        _lineage(client, f"r1-team-{i}")
+    # artifacts went through the tracking server, from the gpu worker's machine to the served store
+    model = placed_lineage["sft_model"]
+    assert model.artifact_location.startswith("mlflow-artifacts:"), model.artifact_location
     served = list((top / "served-artifacts").rglob("*.safetensors"))
-    assert any(sft_model[0].model_id in str(p) for p in served), "the SFT model was uploaded through the server"
+    assert any(model.model_id in str(p) for p in served), "the SFT model was uploaded through the server"
+    logs = _logs(top) + "".join(p.read_text() for p in (top / "server" / "servers").glob("*.log"))
+    assert "database is locked" not in logs
 
 
 @pytest.mark.parametrize("stage", ["grpo", "sft"])
