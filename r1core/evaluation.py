@@ -12,6 +12,10 @@ view):
 - ``<bench>/mean_completion_tokens`` and ``<bench>/truncated_fraction``.
 - ``<bench>/subject/<subject>/pass@1`` and ``<bench>/level/<n>/pass@1`` where the benchmark has
   subjects and levels (MATH-500).
+- ``<bench>/underthinking``, ``<bench>/underthinking_weighted`` (Wang et al. 2025, eq. 1 and 3),
+  ``<bench>/outcome_efficiency`` (Chen et al. 2024, eq. 1), ``<bench>/mean_solution_rounds`` and
+  ``<bench>/mean_thoughts``: how the chains of thought spend their tokens (:mod:`r1core.thinking`,
+  which names how it departs from the papers).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from r1core import thinking
 from r1core.generation import SamplingParams
 from r1core.verify import checks_of, group_equivalent, verify_batch
 
@@ -71,7 +76,9 @@ def majority_vote(groups: list[int | None], correct: list[bool]) -> bool:
 def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
     """Benchmark metrics from per-sample rows (``id``, ``correct``, ``extracted``, ``num_tokens``, ``truncated``).
 
-    Samples whose gold answer could not be parsed (``correct`` is None) are left out.
+    Samples whose gold answer could not be parsed (``correct`` is None) are left out. Rows with
+    :data:`r1core.thinking.COLUMNS` also give the under/overthinking metrics
+    (:func:`r1core.thinking.metrics`).
     """
     valid = samples[samples["correct"].notna()]
     per_problem = valid.groupby("id", sort=False)
@@ -90,10 +97,12 @@ def score(samples: pd.DataFrame, k: int) -> dict[str, float]:
         metrics["gold_unparsable"] = float((samples["verifier_status"] == "gold_unparsable").sum())
     if k > 1 and n_problems:
         metrics[f"pass@{k}"] = float(per_problem["correct"].apply(lambda s: pass_at_k(len(s), int(s.sum()), k)).mean())
+        # cons@k of code is NaN (not logged): programs that differ in text vote apart, so the vote is not R1's.
         metrics[f"cons@{k}"] = float(per_problem.apply(
-            lambda g: majority_vote(group_equivalent(list(g["extracted"]), answer_type=_answer_type(g)),
-                                    list(g["correct"].astype(bool))),
+            lambda g: math.nan if _answer_type(g) == "code" else majority_vote(
+                group_equivalent(list(g["extracted"]), answer_type=_answer_type(g)), list(g["correct"].astype(bool))),
             include_groups=False).mean())
+    metrics.update(thinking.metrics(valid))
     return metrics
 
 
@@ -120,7 +129,7 @@ def breakdown(samples: pd.DataFrame) -> dict[str, float]:
 
 def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: SamplingParams,
                        results_path: Path | None = None, generate_fn: Callable | None = None,
-                       ) -> tuple[dict[str, float], pd.DataFrame]:
+                       thinking_metrics: bool = True) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample ``k`` completions for every problem (in large batches across problems) and score them.
 
     Args:
@@ -141,14 +150,17 @@ def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: Sampl
             first to finish and reuses its samples, rather than both appending.
         generate_fn: ``(prompts, params) -> completions`` replacing ``sampler.complete`` (e.g. a
             :func:`functools.partial` of :func:`r1core.budget.budget_forced_generate`).
+        thinking_metrics: also split each sample into thoughts and solution rounds and verify
+            each (:func:`r1core.thinking.analyse`, one verifier call per chunk), for the
+            under/overthinking metrics; tokens are counted by ``sampler.count_tokens``.
 
     Returns:
         ``(metrics, samples)``: metrics as in :func:`score` plus :func:`breakdown` (unprefixed);
         one sample row per (problem, sample index) with ``extracted``, ``correct``,
-        ``num_tokens``, ``truncated``, ``completion``.
+        ``num_tokens``, ``truncated``, ``completion`` (and :data:`r1core.thinking.COLUMNS`).
     """
     if results_path is None:
-        return _evaluate(sampler, problems, k, params, None, generate_fn)
+        return _evaluate(sampler, problems, k, params, None, generate_fn, thinking_metrics)
     from filelock import FileLock, Timeout
 
     lock = FileLock(f"{results_path}.lock")
@@ -159,13 +171,13 @@ def evaluate_benchmark(sampler, problems: pd.DataFrame, *, k: int, params: Sampl
                        "to finish, then reusing its samples", results_path)
         lock.acquire()
     try:
-        return _evaluate(sampler, problems, k, params, results_path, generate_fn)
+        return _evaluate(sampler, problems, k, params, results_path, generate_fn, thinking_metrics)
     finally:
         lock.release()
 
 
 def _evaluate(sampler, problems: pd.DataFrame, k: int, params: SamplingParams, results_path: Path | None,
-              generate_fn: Callable | None) -> tuple[dict[str, float], pd.DataFrame]:
+              generate_fn: Callable | None, thinking_metrics: bool = True) -> tuple[dict[str, float], pd.DataFrame]:
     from r1core.samplelog import SampleLog
 
     rows = problems.reset_index(drop=True)
@@ -186,10 +198,15 @@ def _evaluate(sampler, problems: pd.DataFrame, k: int, params: SamplingParams, r
             continue
         prompts = [sampler.render(rows.at[i, "problem"]) for i, _ in part]
         outs = complete(prompts, replace(params, seed=params.seed + start))
-        verdicts = verify_batch([o.text for o in outs], [str(rows.at[i, "answer"]) for i, _ in part],
-                                answer_types=[checks["answer_types"][i] for i, _ in part],
-                                metadata=[checks["metadata"][i] for i, _ in part])
-        new = [_sample_record(rows, i, j, o, v, checks["answer_types"][i]) for (i, j), o, v in zip(part, outs, verdicts)]
+        golds = [str(rows.at[i, "answer"]) for i, _ in part]
+        answer_types = [checks["answer_types"][i] for i, _ in part]
+        metadata = [checks["metadata"][i] for i, _ in part]
+        verdicts = verify_batch([o.text for o in outs], golds, answer_types=answer_types, metadata=metadata)
+        stats = (thinking.analyse([o.text for o in outs], golds, correct=[v.correct for v in verdicts],
+                                  count_tokens=sampler.count_tokens, answer_types=answer_types, metadata=metadata)
+                 if thinking_metrics else [None] * len(outs))
+        new = [{**_sample_record(rows, i, j, o, v, checks["answer_types"][i]), **thinking.record(st)}
+               for (i, j), o, v, st in zip(part, outs, verdicts, stats)]
         for rec in new:
             done[(rec["id"], rec["sample"])] = rec
         if log is not None:

@@ -10,6 +10,9 @@ Two engines behind one call, :func:`generate` (texts) or :func:`sample_token_ids
   training model equal the sampler's (no importance-sampling correction is needed).
 - ``"hf"``: transformers ``generate`` (the baseline ``make bench`` compares against).
 
+Both apply TIP, the thought switching penalty, when ``SamplingParams.tip_alpha > 0``
+(:mod:`r1core.tip`: the same adjusted logits in both, after the repetition penalty).
+
 Prompts are sorted by length and generated in batches of ``batch_size`` with left padding, so
 padding waste is small; results come back in the input order. Each sample carries its token
 count and whether it hit ``max_new_tokens`` (truncated).
@@ -39,6 +42,17 @@ class SamplingParams:
         top_k: keep only the ``top_k`` most likely tokens (``0``: no limit).
         min_p: drop tokens less likely than ``min_p`` times the most likely one (``0``: off).
         repetition_penalty: CTRL's penalty on tokens already in the prompt or completion (``1``: off).
+        tip_alpha: TIP's penalty strength, in logit units, subtracted from the thought-switch
+            tokens' logits (Wang et al. 2025, arXiv:2501.18585, section 3.1; the paper uses ``3``;
+            ``0``: off). See :mod:`r1core.tip`.
+        tip_beta: TIP's penalty duration: the penalty is on for the first ``tip_beta`` tokens of
+            each thought (a thought starts at the completion's start and at each switch token;
+            the paper uses ``600``; ``0``: off).
+        tip_words: the switch words whose tokens TIP penalises (:func:`r1core.tip.switch_token_ids`).
+        tip_token_ids: the switch token ids themselves (overrides ``tip_words``).
+
+    Raises:
+        ValueError: a negative ``tip_alpha`` or ``tip_beta``.
     """
 
     max_new_tokens: int = 256
@@ -48,6 +62,15 @@ class SamplingParams:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    tip_alpha: float = 0.0
+    tip_beta: int = 600
+    tip_words: tuple[str, ...] = ("alternatively",)
+    tip_token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.tip_alpha < 0 or self.tip_beta < 0:
+            raise ValueError(f"TIP needs tip_alpha >= 0 and tip_beta >= 0 (0 switches it off); got "
+                             f"tip_alpha={self.tip_alpha}, tip_beta={self.tip_beta}.")
 
 
 @dataclass(frozen=True)
@@ -156,15 +179,17 @@ def sample_token_ids(
         One :class:`TokenCompletion` per prompt.
 
     Raises:
-        ValueError: ``stop_strings`` without a ``tokenizer``.
+        ValueError: ``stop_strings`` without a ``tokenizer``; TIP on (``params.tip_alpha > 0``)
+            with neither ``params.tip_token_ids`` nor a ``tokenizer``.
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer to read the completion's text; pass tokenizer=.")
-    from r1core import cpu_engine  # the engine, on first use
+    from r1core import cpu_engine, tip  # the engine, on first use
 
     completions = cpu_engine.decode(model, prompt_ids, params, eos_ids=eos_ids, pad_id=pad_id, batch_size=batch_size,
                                     on_batch=on_batch, stop_strings=stop_strings or [], tokenizer=tokenizer,
-                                    candidates=candidates, prefill_tokens=prefill_tokens)
+                                    candidates=candidates, prefill_tokens=prefill_tokens,
+                                    tip=tip.resolve(params, tokenizer))
     return [TokenCompletion(ids=ids, stopped=stopped) for ids, stopped in completions]
 
 
@@ -172,7 +197,11 @@ def _hf_generate(model, tokenizer, prompts: list[str], params: SamplingParams, e
                  on_batch, stop_strings) -> list[TokenCompletion]:
     """transformers ``generate`` in left-padded batches of ``batch_size`` (the ``"hf"`` engine)."""
     import torch
+    from transformers import LogitsProcessorList
 
+    from r1core.tip import TipLogitsProcessor, resolve
+
+    tip = resolve(params, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[TokenCompletion | None] = [None] * len(prompts)
     device = next(model.parameters()).device
@@ -185,6 +214,8 @@ def _hf_generate(model, tokenizer, prompts: list[str], params: SamplingParams, e
                       eos_token_id=eos_ids, repetition_penalty=params.repetition_penalty)
         if stop_strings:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        if tip is not None:  # runs after the repetition penalty, before the warpers (as the "r1" engine)
+            kwargs.update(logits_processor=LogitsProcessorList([TipLogitsProcessor(tip, enc["input_ids"].shape[1])]))
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                           min_p=params.min_p or None)

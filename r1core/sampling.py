@@ -13,6 +13,9 @@ A :class:`Sampler` turns problems into ``k`` completions each. Backends (a recip
   through the ``openai`` client (retries with backoff, a key read from an environment variable).
 - ``auto``: ``vllm`` on CUDA when vLLM is installed, else ``cpu``.
 
+TIP, the thought switching penalty (:mod:`r1core.tip`, ``SamplingParams.tip_alpha``), is applied by
+``cpu``, ``hf`` and ``vllm`` (each where it processes logits); an endpoint refuses it.
+
 The field's designs are alike (verl's ``BaseRollout`` with vLLM and HF rollouts; TRL's
 ``use_vllm``): one interface, the engine a setting. Local samplers (``cpu``, ``hf``, ``vllm``) also
 :meth:`LocalSampler.complete` rendered prompts, which budget forcing needs (it continues a
@@ -179,22 +182,43 @@ class VLLMSampler(LocalSampler):
     """vLLM's offline engine (``vllm.LLM``) over a local checkpoint or hub id: ``n=k`` samples per
     prompt, ``chunk`` problems per call. ``llm_kwargs`` are the stage's ``vllm`` settings
     (``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``, ``dtype``...), passed
-    to ``vllm.LLM`` as they are."""
+    to ``vllm.LLM`` as they are, plus TIP's logits processor (:mod:`r1core.tip_vllm`) where this
+    vLLM has the interface; TIP is switched on per request by ``SamplingParams.tip_alpha``."""
 
     def __init__(self, path: str, ref: str, *, chunk: int = 512, llm_kwargs: dict | None = None, **kwargs):
         from transformers import AutoTokenizer
         from vllm import LLM
 
         super().__init__(None, AutoTokenizer.from_pretrained(path), ref, **kwargs)
-        self.llm, self.chunk = LLM(model=path, seed=0, **(llm_kwargs or {})), chunk
+        llm_kwargs = dict(llm_kwargs or {})
+        try:  # TIP (r1core.tip) through vLLM's logits-processor interface, where this vLLM has it
+            from r1core.tip_vllm import ThoughtSwitchPenalty
+
+            llm_kwargs.setdefault("logits_processors", [ThoughtSwitchPenalty])
+            self._tip_ready = True
+        except ImportError:
+            self._tip_ready = False
+        self.llm, self.chunk = LLM(model=path, seed=0, **llm_kwargs), chunk
 
     def _params(self, n: int, params: SamplingParams, seed: int, stop_strings):
         from vllm import SamplingParams as VParams
 
+        from r1core.tip import resolve
+
+        extra = {}
+        tip = resolve(params, self.tokenizer)
+        if tip is not None:
+            if not self._tip_ready:
+                raise ValueError("TIP (tip_alpha > 0) needs vLLM's V1 logits-processor interface "
+                                 "(vllm.v1.sample.logits_processor), which this vLLM lacks; use engine cpu or hf, "
+                                 "or a newer vLLM.")
+            from r1core.tip_vllm import extra_args
+
+            extra = {"extra_args": extra_args(tip)}  # only then: older vLLMs have no extra_args
         return VParams(n=n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
                        min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                        max_tokens=params.max_new_tokens, seed=seed, stop=stop_strings or None,
-                       include_stop_str_in_output=True)
+                       include_stop_str_in_output=True, **extra)
 
     def complete(self, prompts: list[str], params: SamplingParams, *,
                  stop_strings: list[str] | None = None) -> list[Completion]:
@@ -292,6 +316,9 @@ class EndpointSampler(Sampler):
         return samples[:k]
 
     def sample(self, problems: list[str], k: int, params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
+        if params.tip_alpha > 0 and params.tip_beta > 0:
+            raise ValueError("TIP (tip_alpha > 0) changes logits while decoding, which a chat-completions endpoint "
+                             "does not expose; use engine cpu, hf or vllm, or set tip_alpha: 0.")
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             pending = {pool.submit(self._problem, p, k, params, params.seed + i): i for i, p in enumerate(problems)}
             try:

@@ -68,9 +68,13 @@ def test_accelerate_configs_are_valid(path):
     import yaml
 
     cfg = yaml.safe_load(path.read_text())
-    assert cfg["distributed_type"] in {"MULTI_GPU", "DEEPSPEED"} and cfg["num_processes"] >= 1
+    assert cfg["distributed_type"] in {"MULTI_GPU", "DEEPSPEED", "FSDP"} and cfg["num_processes"] >= 1
     if cfg["distributed_type"] == "DEEPSPEED":
         assert cfg["deepspeed_config"]["zero_stage"] in {2, 3}
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(path))  # accelerate's own reader: unknown keys raise
+    assert str(loaded.distributed_type).split(".")[-1] == cfg["distributed_type"]
 
 
 def test_unknown_key_is_named_with_its_path():
@@ -122,7 +126,7 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split_errors():
-    with pytest.raises(data.DataError, match="Known datasets: aime24, amc23, gsm8k, math500"):
+    with pytest.raises(data.DataError, match="Known datasets: aime24, amc23, gsm8k, humaneval, math500"):
         data.parse_spec("gsm9k")
     with pytest.raises(data.DataError, match="no split 'dev'"):
         data.parse_spec("gsm8k:dev")

@@ -23,15 +23,16 @@ from r1core.cpu_engine.prefill import prefill
 
 if TYPE_CHECKING:
     from r1core.generation import SamplingParams
+    from r1core.tip import Tip
 
 
 def decode(model, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *, eos_ids: Sequence[int],
            pad_id: int, batch_size: int, on_batch: Callable[[int, int, float], None] | None, stop_strings: list[str],
-           tokenizer, candidates: int, prefill_tokens: int) -> list[tuple[list[int], bool]]:
+           tokenizer, candidates: int, prefill_tokens: int, tip: Tip | None = None) -> list[tuple[list[int], bool]]:
     """One completion per prompt, in input order, as ``(token ids, stopped)``: the ids end with the
     EOS token when the completion ended on one; ``stopped``: ended by EOS or a stop string rather
     than by ``params.max_new_tokens``. Arguments as :func:`r1core.generation.sample_token_ids`
-    (which checks them).
+    (which checks them); ``tip``: the thought switching penalty to apply (:mod:`r1core.tip`), or none.
 
     Prompts are sorted by length (tokens) and decoded in batches of ``batch_size``; batch ``b``
     samples from a generator seeded ``params.seed + b``. No gradients are recorded.
@@ -46,7 +47,7 @@ def decode(model, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *
             t0 = time.perf_counter()
             results = _decode_batch(model, [list(prompt_ids[i]) for i in idx], params, torch.Generator(device).manual_seed(
                 params.seed + b), set(int(e) for e in eos_ids), pad_id, stop_strings, tokenizer, candidates,
-                prefill_tokens)
+                prefill_tokens, tip)
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
             if on_batch is not None:
@@ -58,7 +59,7 @@ def decode(model, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, *
 @torch.no_grad()
 def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator, eos: set[int],
                   pad_id: int, stop_strings: list[str], tokenizer, candidates: int,
-                  prefill_tokens: int) -> list[tuple[list[int], bool]]:
+                  prefill_tokens: int, tip: Tip | None = None) -> list[tuple[list[int], bool]]:
     device = next(model.parameters()).device
     unique: dict[tuple[int, ...], int] = {}
     rows = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)  # (B,)
@@ -94,8 +95,15 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
     stopped = [False] * len(prompts)
     finished = [False] * len(prompts)  # per batch row
     stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens: every token is >= 1 character
+    tip_state = None
+    if tip is not None:
+        from r1core.tip import TipState
+
+        tip_state = TipState(tip, len(prompts), device)  # each row's thought start, (b,)
     for step in range(params.max_new_tokens):
-        tokens = next_tokens(logits, params, gen, history, candidates, scratch)  # (b,)
+        tokens = next_tokens(logits, params, gen, history, candidates, scratch, tip=tip_state)  # (b,)
+        if tip_state is not None:
+            tip_state.observe(tokens)
         for row, tok in enumerate(tokens.tolist()):
             i = live[row]
             if finished[row]:
@@ -117,6 +125,8 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
             tokens, mask, position = tokens[keep], mask[keep], position[keep]
             finished = [False] * len(live)
             history = history[keep] if history is not None else None
+            if tip_state is not None:
+                tip_state.keep(keep)
             starts = [starts[r] for r in keep.tolist()]
             additive = additive[keep] if additive is not None else None
             buckets = row_buckets(starts, device) if additive is not None else None

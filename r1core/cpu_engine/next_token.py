@@ -1,6 +1,7 @@
-"""Sampling one token per row with transformers' warper semantics (repetition penalty,
-temperature, top-k, top-p, min-p) from the top candidates of each row instead of a full sort of
-the vocabulary, and draws by inverse CDF over vocabulary tiles (:func:`next_tokens`)."""
+"""Sampling one token per row with transformers' warper semantics (repetition penalty, TIP's
+thought switching penalty, temperature, top-k, top-p, min-p) from the top candidates of each row
+instead of a full sort of the vocabulary, and draws by inverse CDF over vocabulary tiles
+(:func:`next_tokens`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import torch
 
 if TYPE_CHECKING:
     from r1core.generation import SamplingParams
+    from r1core.tip import TipState
 
 
 def next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
-                 history: torch.Tensor | None, candidates: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+                 history: torch.Tensor | None, candidates: int, scratch: torch.Tensor | None = None,
+                 tip: TipState | None = None) -> torch.Tensor:
     """Sample one token per row of ``logits`` ``(b, V)`` with HF's warper semantics, in HF's order
-    (repetition penalty, temperature, top-k, top-p, min-p). Returns ``(b,)`` token ids.
+    (repetition penalty, a custom logits processor: here TIP's penalty when ``tip`` is given,
+    temperature, top-k, top-p, min-p). Returns ``(b,)`` token ids. ``logits`` may be changed in place.
 
     ``scratch``: an optional ``(>= b, V)`` buffer of the logits' dtype, reused across steps for the
     softmax normaliser (a fresh ``(64, 49152)`` temporary costs page faults every step).
@@ -24,6 +28,8 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
         seen = logits.gather(1, history)
         logits = logits.scatter(1, history, torch.where(seen > 0, seen / params.repetition_penalty,
                                                         seen * params.repetition_penalty))
+    if tip is not None:  # TIP (arXiv:2501.18585, eq. 2): -alpha on the switch tokens of young thoughts
+        logits = tip.penalize(logits)
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
     vocab = logits.shape[-1]

@@ -45,7 +45,7 @@ def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str,
         sampler = build_sampler(cfg.engine, model_uri, template=cfg.prompt_template, stop_strings=cfg.stop_strings,
                                 batch_size=cfg.batch_size, vllm=cfg.vllm.llm_kwargs())
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, seed=recipe.seed)
+                                top_p=cfg.top_p, seed=recipe.seed, **(cfg.tip.sampling_kwargs() if cfg.tip else {}))
         all_metrics: dict[str, float] = {}
         for spec, problems, source in _benchmarks(cfg, heldout):
             name = spec if spec == HELDOUT else data.parse_spec(spec)[0]
