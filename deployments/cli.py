@@ -126,8 +126,21 @@ def _with_prefect_api(command, args) -> int:
 
     servers.sigterm_as_interrupt()
 
+    @contextlib.contextmanager
     def server():
-        return servers.temporary_prefect_server() if not os.environ.get("PREFECT_API_URL") else contextlib.nullcontext()
+        """A Prefect API (the temporary one when none is set) where this process's flow runs are
+        tagged with their owner, and runs a killed owner left Running are marked Crashed first."""
+        with servers.temporary_prefect_server() if not os.environ.get("PREFECT_API_URL") else contextlib.nullcontext():
+            from prefect import tags
+
+            from tasks.stages import crash_orphaned_flow_runs, owner_flow_tag
+
+            marked = crash_orphaned_flow_runs()
+            if marked:
+                print(f"r1: marked Crashed {len(marked)} flow run(s) a killed r1 process left Running: "
+                      + ", ".join(marked), file=sys.stderr)
+            with tags(owner_flow_tag()):
+                yield
 
     try:
         return command(args, server)

@@ -155,6 +155,15 @@ def launch(spec: LaunchSpec, run_id: str, *, accelerate_config: str | None, num_
             MlflowClient().log_artifact(run_id, str(folder / LOG_FILE), "launch")
 
 
+def launch_stage(recipe, name: str, dataset_uri: str, model_ref: str, output_dir, run_id: str) -> dict[str, float]:
+    """:func:`launch` for stage ``name`` of ``recipe`` (a GRPO or SFT stage) with the stage's own
+    ``accelerate_config``, ``num_processes`` and precision; the model is saved to ``output_dir``."""
+    cfg = recipe.stages[name]
+    return launch(LaunchSpec(recipe.to_json(), dataset_uri, model_ref, str(output_dir), name), run_id,
+                  accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes,
+                  precision=mixed_precision(cfg.args))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of each launched process: train the spec's stage (GRPO or SFT). Rank 0 trains
     inside the stage's MLflow run (``MLFLOW_RUN_ID``) and writes the result."""

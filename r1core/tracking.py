@@ -149,6 +149,18 @@ def owner_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
 
 
+def owner_gone(owner: str) -> bool:
+    """Whether the process an :func:`owner_tag` names ran on this host and is gone (killed, or its
+    PID reused by another process). ``False`` for another host's process: it cannot be checked here."""
+    import socket
+
+    host, pid, start = owner.rsplit(":", 2) if owner.count(":") >= 2 else ("", "", "")
+    if host != socket.gethostname():
+        return False
+    now = _process_start(int(pid)) if pid.isdigit() else None
+    return now is None or bool(start and now != start)
+
+
 def close_dangling_parents(experiment_id: str, recipe: str) -> list[str]:
     """Mark KILLED every RUNNING pipeline run of ``recipe`` (and its RUNNING stage runs) whose
     process was on this host and is gone (killed with ``kill -9``, or the machine restarted).
@@ -160,9 +172,7 @@ def close_dangling_parents(experiment_id: str, recipe: str) -> list[str]:
     runs = MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{TAG_RECIPE}` = '{recipe}' and "
                                       f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'")
     for run in runs:
-        _, pid, start = run.data.tags[TAG_OWNER].rsplit(":", 2)
-        now = _process_start(int(pid)) if pid.isdigit() else None
-        if now is None or (start and now != start):  # gone, or its PID reused by another process
+        if owner_gone(run.data.tags[TAG_OWNER]):
             end_parent_run(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     if closed:

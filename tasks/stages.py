@@ -227,3 +227,38 @@ def placed_stage(recipe_json: str, stage: str, parent_run_id: str, upstream: dic
         raise PlacementError(f"stage {stage} on work pool {pool!r}: flow run {run.name} ({run.id}) ended {state}. "
                              f"{message}".strip())
     return read_placed_output(parent_run_id, stage, str(run.id))
+
+
+#: Prefix of the flow-run tag naming the process that runs it (``r1.owner:host:pid:start``).
+OWNER_TAG_PREFIX = "r1.owner:"
+
+
+def owner_flow_tag() -> str:
+    """The tag ``r1 pipeline`` / ``r1 eval`` put on their flow runs (:func:`r1core.tracking.owner_tag`)."""
+    from r1core.tracking import owner_tag
+
+    return OWNER_TAG_PREFIX + owner_tag()
+
+
+def crash_orphaned_flow_runs() -> list[str]:
+    """Mark Crashed every Running (or Pending) flow run whose owning ``r1 pipeline`` / ``r1 eval``
+    process on this host is gone (a ``kill -9`` leaves it Running in the state folder's Prefect
+    database: nothing was left alive to report it). Runs owned by live processes or other hosts
+    are left alone. Returns the names of the runs marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from r1core.tracking import owner_gone
+
+    marked = []
+    states = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=states)):
+            owner = next((t[len(OWNER_TAG_PREFIX):] for t in run.tags if t.startswith(OWNER_TAG_PREFIX)), None)
+            if owner and owner_gone(owner):
+                client.set_flow_run_state(run.id, Crashed(message=f"its process ({owner}) was killed; marked by the "
+                                                                  "next r1 run in this state folder"), force=True)
+                marked.append(run.name)
+    return marked

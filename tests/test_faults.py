@@ -99,3 +99,30 @@ def test_kill_9_leaves_no_temporary_prefect_server(pipeline):
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(started, timeout=20)  # the kernel SIGTERMs it when its parent dies
     assert alive == [], "the temporary Prefect server outlived r1 pipeline"
+
+
+NEXT_RUN = """
+from deployments import servers
+from tasks.stages import crash_orphaned_flow_runs
+from prefect.client.orchestration import get_client
+with servers.temporary_prefect_server():
+    print("marked", crash_orphaned_flow_runs())
+    with get_client(sync_client=True) as client:
+        print("states", sorted(r.state.type.value for r in client.read_flow_runs()))
+"""
+
+
+def test_the_next_run_marks_the_flow_run_a_kill_9_left_running_crashed(pipeline, tmp_path):
+    proc, _ = pipeline
+    _wait_for(proc, "MLflow parent run")
+    os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
+    proc.wait(timeout=30)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(R1_STATE_DIR=str(tmp_path / "state"), PREFECT_HOME=str(tmp_path / "state" / "prefect"))
+    out = subprocess.run([sys.executable, "-c", NEXT_RUN], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    marked = out.stdout.split("marked ", 1)[1].splitlines()[0]
+    assert marked.count("'") >= 2, f"the killed pipeline's flow runs were not marked: {out.stdout}"
+    states = out.stdout.split("states ", 1)[1]
+    assert "RUNNING" not in states and "CRASHED" in states, out.stdout

@@ -30,6 +30,7 @@ them; they never import Prefect, so a notebook can call them directly::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,8 @@ from r1core.stages import curate, evaluate, grpo, register, rejection_sampling, 
 from r1core.stages.common import HELDOUT, TAG_MODEL_ROLE, TAG_STAGE_TYPE, heldout_uri  # noqa: F401
 from r1core.stages.pipeline import base_model, start_pipeline, validate  # noqa: F401
 from r1core.stages.register import lineage_tags  # noqa: F401
+
+logger = logging.getLogger(__name__)
 
 #: Stage type -> its function.
 STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -51,4 +54,6 @@ def run_stage(recipe: Recipe, name: str, parent_run_id: str | None, **inputs) ->
     Raises:
         KeyError: ``name`` is not a stage of the recipe.
     """
-    return STAGE_FUNCTIONS[recipe.stages[name].type](recipe, name, parent_run_id, **inputs)
+    stage_type = recipe.stages[name].type
+    logger.info("stage %s (%s): started", name, stage_type)
+    return STAGE_FUNCTIONS[stage_type](recipe, name, parent_run_id, **inputs)

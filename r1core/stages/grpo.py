@@ -36,11 +36,9 @@ def grpo(recipe: Recipe, name: str, parent_run_id: str, data: str, model: str) -
         tracking.log_input(tracking.pandas_dataset(rows, dataset_uri, "curated", "answer"), "training")
         mlflow.set_tags({"r1.input_model": policy_ref, "r1.rewards": json.dumps(cfg.rewards)})
         if cfg.accelerate_config or cfg.num_processes > 1:  # accelerate launch subprocesses
-            from r1core.launch import LaunchSpec, launch, mixed_precision
+            from r1core.launch import launch_stage
 
-            summary = launch(LaunchSpec(recipe.to_json(), dataset_uri, policy_ref, str(out_dir), name), run.info.run_id,
-                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes,
-                             precision=mixed_precision(cfg.args))
+            summary = launch_stage(recipe, name, dataset_uri, policy_ref, out_dir, run.info.run_id)
             policy, tok = models.load_model_and_tokenizer(str(out_dir))
         else:
             policy, tok = models.load_model_and_tokenizer(policy_ref)

@@ -42,11 +42,9 @@ def sft(recipe: Recipe, name: str, parent_run_id: str, data: str, student: str) 
         mlflow.set_tags({"r1.input_model": student_uri, "r1.traces": traces_uri})
         out_dir = work_dir("sft", run.info.run_id)
         if cfg.accelerate_config or cfg.num_processes > 1:  # accelerate launch subprocesses
-            from r1core.launch import LaunchSpec, launch, mixed_precision
+            from r1core.launch import launch_stage
 
-            summary = launch(LaunchSpec(recipe.to_json(), traces_uri, student_uri, str(out_dir), name), run.info.run_id,
-                             accelerate_config=cfg.accelerate_config, num_processes=cfg.num_processes,
-                             precision=mixed_precision(cfg.args))
+            summary = launch_stage(recipe, name, traces_uri, student_uri, out_dir, run.info.run_id)
             model_obj, tok = models.load_model_and_tokenizer(str(out_dir))
         else:
             summary = train_sft(model_obj, tok, traces, cfg, str(out_dir), seed=recipe.seed)
