@@ -13,8 +13,10 @@ language is under ``min_language_consistency``; R1 filters "mixed languages"), `
 not verify; includes no extractable answer), ``duplicate`` (same text as a kept trace of the same
 problem), ``not_shortest`` (policy ``shortest_correct`` keeps one per problem).
 
-Sampling is resumable (:func:`sample_with_resume`): every finished problem is on disk at once,
-so a crash or an endpoint outage loses only what was in flight.
+Sampling is resumable and exact (:func:`sample_with_resume`): every finished problem is on disk at
+once, so a crash or an endpoint outage loses only what was in flight, and samples are seeded by
+fixed chunks of the full problem list, so a resumed run keeps the samples (and so the traces and
+counts) of one that was never interrupted, on a deterministic sampler (the project's engine).
 
 Fallback ``reference`` (off by default): a problem for which the teacher kept nothing gets the
 data set's human-written worked solution as its trace, formatted in the prompt template
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +39,7 @@ from r1core.generation import SamplingParams
 from r1core.prompts import messages
 from r1core.rewards import FormatReward, LanguageConsistencyReward, RepetitionReward
 from r1core.samplelog import SampleLog
-from r1core.sampling import Completion
+from r1core.sampling import Completion, LocalSampler
 from r1core.verify import checks_of, verify_batch
 
 logger = logging.getLogger(__name__)
@@ -83,18 +86,34 @@ def reference_traces(problems: pd.DataFrame, template: str, counter) -> tuple[pd
 def sample_with_resume(teacher, problems: pd.DataFrame, k: int, params: SamplingParams, folder: Path,
                        shard_size: int = 64, progress: Callable[[int, int], None] | None = None
                        ) -> dict[str, list[Completion]]:
-    """Sample ``k`` responses per problem from ``teacher``, resumably.
+    """Sample ``k`` responses per problem from ``teacher``, resumably and exactly.
 
-    Problems are taken ``shard_size`` at a time; each finished problem is appended to that shard's
-    :class:`r1core.samplelog.SampleLog` ``folder/shard-NNNNN.jsonl`` as ``{"id", "samples"}``. A
-    rerun reads every shard (a line cut by a kill is dropped, and that problem sampled again),
-    skips the problems already there and samples only the rest, so a crash or an endpoint outage
-    loses only the problems in flight.
+    The problems are cut into fixed chunks of ``shard_size`` by their position in ``problems``;
+    chunk ``c`` (rows ``c * shard_size`` on) is sampled by one ``teacher.sample`` call seeded with
+    ``params.seed`` plus its offset in the full list, and each of its problems is appended, as it
+    finishes, to the :class:`r1core.samplelog.SampleLog` ``folder/shard-<c>.jsonl`` as
+    ``{"id", "samples"}`` (one fsync-ed line per problem, so a kill leaves at most a cut last line).
+
+    A rerun reads every shard (a cut line is dropped, counted in the log, and that problem sampled
+    again), skips the chunks whose problems are all there, and samples the rest the way the
+    uninterrupted run did, so on a deterministic sampler (the project's engine) a run killed at any
+    point and resumed keeps exactly the samples of one never killed:
+
+    - a local engine (:class:`r1core.sampling.LocalSampler`: a sample depends on the whole batch it
+      was decoded in) samples a partly written chunk whole again; problems already in the log keep
+      their logged samples (the same ones, on a deterministic engine), so nothing is written twice;
+    - any other sampler (an endpoint, one request per problem, problem ``i`` of a call seeded with
+      ``seed + i``) is asked only for the missing problems, each run of consecutive ones seeded from
+      its own offset: the seeds an uninterrupted run used, and no request is paid for twice.
+
+    A crash or an endpoint outage loses only the problems in flight (a local engine: the chunk).
 
     Args:
         teacher: a :class:`r1core.sampling.Sampler` (a local engine, vLLM or an endpoint).
-        problems: rows with ``id`` and ``problem``.
+        problems: rows with ``id`` (unique) and ``problem``; their order fixes the chunks.
+        params: sampling settings; ``params.seed`` is the run's seed.
         folder: the stage's work folder, keyed by teacher, prompts and settings (created).
+        shard_size: problems per chunk (and per shard file).
         progress: called with ``(problems done, problems total)`` after each problem.
 
     Returns:
@@ -106,24 +125,54 @@ def sample_with_resume(teacher, problems: pd.DataFrame, k: int, params: Sampling
     """
     folder.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[Completion]] = {}
-    shards = sorted(folder.glob("shard-*.jsonl"))
-    for shard in shards:
-        for rec in SampleLog(shard).read():
-            done[rec["id"]] = [Completion(x["text"], int(x["num_tokens"]), bool(x["truncated"])) for x in rec["samples"]]
-    todo = problems[~problems["id"].isin(done)].reset_index(drop=True)
-    if done:
-        logger.info("resuming: %d of %d problems already sampled", len(problems) - len(todo), len(problems))
-    for n, start in enumerate(range(0, len(todo), shard_size)):
-        chunk = todo.iloc[start : start + shard_size]
-        log = SampleLog(folder / f"shard-{len(shards) + n:05d}.jsonl")
-        for i, samples in teacher.sample(list(chunk["problem"]), k, params):
-            pid = chunk["id"].iloc[i]
-            log.append([{"id": pid, "samples": [{"text": x.text, "num_tokens": x.num_tokens, "truncated": x.truncated}
-                                                for x in samples]}])
-            done[pid] = samples
-            if progress is not None:
-                progress(len(done), len(problems))
-    return done
+    cut = 0
+    for shard in sorted(folder.glob("shard-*.jsonl")):
+        log = SampleLog(shard)
+        for rec in log.read():
+            done[rec["id"]] = [Completion(x["text"], int(x["num_tokens"]), bool(x["truncated"]))
+                               for x in rec["samples"]]
+        cut += log.dropped
+    ids = list(problems["id"])
+    texts = list(problems["problem"])
+    n_done = already = sum(i in done for i in ids)
+    if already:
+        logger.info("resuming: %d of %d problems already sampled%s", already, len(ids),
+                    f" ({cut} cut line(s) dropped, sampled again)" if cut else "")
+    batched = isinstance(teacher, LocalSampler)
+    for start in range(0, len(ids), shard_size):
+        chunk = range(start, min(start + shard_size, len(ids)))
+        missing = [i for i in chunk if ids[i] not in done]
+        if not missing:
+            continue
+        log = SampleLog(folder / f"shard-{start // shard_size:05d}.jsonl")
+        runs = [(chunk.start, len(chunk))] if batched else _runs(missing)
+        for first, n in runs:
+            for j, samples in teacher.sample(texts[first : first + n], k, replace(params, seed=params.seed + first)):
+                pid = ids[first + j]
+                if pid in done:  # written before the kill; a deterministic engine drew the same again
+                    continue
+                log.append([{"id": pid, "samples": [{"text": x.text, "num_tokens": x.num_tokens,
+                                                     "truncated": x.truncated} for x in samples]}])
+                done[pid] = samples
+                n_done += 1
+                if progress is not None:
+                    progress(n_done, len(ids))
+    return {pid: done[pid] for pid in ids}
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """Sorted positions as runs of consecutive ones: ``[(first, length), ...]``.
+
+    >>> _runs([2, 3, 4, 7, 9, 10])
+    [(2, 3), (7, 1), (9, 2)]
+    """
+    out: list[tuple[int, int]] = []
+    for p in positions:
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
 
 
 def rejection_sample(teacher, problems: pd.DataFrame, cfg, *, seed: int = 0, folder: Path,

@@ -20,6 +20,11 @@ Each row says how its answer is checked (its ``answer_type``, :data:`ANSWER_TYPE
 - ``string``: normalised exact match (case, surrounding whitespace and punctuation, ``\\text{}``
   wrappers and ``$`` are ignored) of the extracted answer, extracted as for ``reasoning_gym``.
 - ``multiple_choice``: the option letter (``C``, ``(C)``, ``\\text{(C)}``, ``C)``...) must match.
+- ``code``: the last fenced Python block (of the last ``<answer>`` block when there is one) runs
+  against the row's tests (``metadata``: ``{"tests": [...]}`` asserts, or HumanEval's ``check`` function
+  with ``entry_point``) in a sandboxed subprocess, see :mod:`r1core.code_exec`. :attr:`Verdict.score`
+  is the fraction of tests passed (binary for a ``check`` function); ``correct`` means all. The
+  sandbox's wall-clock limit (6 s) fits in this module's per-sample share of a chunk's deadline.
 
 Bounded in time on any thread: math-verify's timeouts use ``signal.alarm``, which works only on
 a process's main thread, and Prefect runs submitted tasks on pool threads. So parsing and
@@ -28,6 +33,17 @@ work), and the caller also waits with a deadline; the samples of a chunk that mi
 retried one by one on a fresh pool, and a sample that misses it again scores as incorrect with
 status ``"timeout"``. Workers that cannot start at all raise :class:`VerifierUnavailable` with the
 fix, rather than scoring everything 0.
+
+Hostile completions (a policy's degenerate loops, eval bait): every step before math-verify is a
+linear scan (``rfind`` for the ``<answer>`` block, one pass for the last ``\\boxed{}`` and for
+nesting depth; the regexes here cannot backtrack), completions are cut to their last
+:data:`MAX_CHARS` characters before anything parses them, an answer nested deeper than
+:data:`MAX_DEPTH` is not parsed, and one whose value would exceed :data:`MAX_DIGITS` digits (a
+power tower, a huge factorial) or whose tree exceeds :data:`MAX_NODES` nodes is compared as text
+instead of evaluated. Nothing is executed:
+math-verify parses, it never calls ``eval`` on the text. What remains slow is inside math-verify
+(its display-math regexes over thousands of unclosed ``\\[``, sympy's eager ``\\binom``/``\\Gamma``
+of huge numbers) and ends at its ``TIMEOUT_S``. ``tests/test_hostile.py`` measures all of this.
 """
 
 from __future__ import annotations
@@ -49,12 +65,26 @@ logger = logging.getLogger(__name__)
 TIMEOUT_S = 5
 #: Extra seconds the caller waits beyond the workers' own timeouts before declaring a hang.
 _GRACE_S = 10.0
-#: Completions longer than this (characters) are cut to their last part before parsing.
+#: Completions longer than this (characters) are cut to their last part before any regex or
+#: parser sees them (the answer is at the end); so are answers and golds in the text checks.
 MAX_CHARS = 20_000
+#: An ``<answer>`` block or last ``\\boxed{}`` nested deeper than this (``{``, ``(``, ``[``) is not
+#: parsed: no real answer is (MATH-500's golds nest 2 deep, its worked solutions 7), and sympy
+#: takes the whole timeout over one: ``\\frac`` nested 16 deep, parentheses 30. Scored ``no_answer``.
+MAX_DEPTH = 12
+#: An ``<answer>`` block longer than this (characters) is prose, not an answer: it is not read as
+#: if boxed (math-verify's LaTeX parser takes ~1 ms a character) but searched as is.
+MAX_BOXED_CHARS = 1_000
+#: A parsed answer whose evaluation would build a number of more than this many decimal digits
+#: (a power tower such as ``10^{10^{10}}``, ``(10^9)!``) is compared as text, not evaluated.
+MAX_DIGITS = 10_000
+#: A parsed answer of more than this many sympy nodes (a set of thousands of ``\\boxed{}``
+#: answers) is compared as text: sympy takes seconds over one.
+MAX_NODES = 1_000
 
 Status = Literal["ok", "no_answer", "gold_unparsable", "timeout", "error"]
 #: How a row's answer is checked (see the module docstring).
-ANSWER_TYPES = ("math", "reasoning_gym", "string", "multiple_choice")
+ANSWER_TYPES = ("math", "reasoning_gym", "string", "multiple_choice", "code")
 
 
 @dataclass(frozen=True)
@@ -95,18 +125,105 @@ def _answer_block(completion: str) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (braces balanced), or ``None``."""
+    """The content of the last ``\\boxed{...}`` (braces balanced), or ``None`` (none, or the last
+    one is never closed). One pass from the last ``\\boxed{`` (linear time)."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
     depth, i = 0, start + len("\\boxed")
     for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
+        ch = text[j]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
     return None
 
 
+def _nesting_depth(text: str) -> int:
+    """How deep ``{``, ``(`` and ``[`` nest in ``text`` (a closer without an opener is ignored); one pass."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]" and depth:
+            depth -= 1
+    return deepest
+
+
+_GROWTH = frozenset({"factorial", "factorial2", "subfactorial", "gamma", "RisingFactorial", "FallingFactorial",
+                     "binomial", "fibonacci", "lucas", "bell", "catalan", "primorial"})
+
+
+def _cost(expr) -> tuple[float, float]:
+    """``(nodes, digits)`` of a sympy expression, matrix or set: how many nodes its tree has
+    (shared subtrees counted each time they occur), and an upper bound on the decimal digits of
+    the largest number evaluating it can build (a power: its exponent times its base's digits; a
+    factorial-like function of ``n``: about ``n * log10(n)``; a symbol counts as one digit;
+    ``math.inf`` for towers beyond floats). One pass over the tree's distinct nodes."""
+    import math
+
+    from sympy import Add, Float, Mul, Pow, Rational
+    from sympy.matrices import MatrixBase
+
+    memo: dict[int, tuple[float, float]] = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in memo:
+            continue
+        children = list(node) if isinstance(node, MatrixBase) else list(getattr(node, "args", ()))
+        if children and not expanded:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in memo)
+            continue
+        kids = [memo[id(c)][1] for c in children]
+        if isinstance(node, Rational):
+            value = math.log10(max(abs(node.p), node.q, 1))
+        elif isinstance(node, Float):
+            _, _, exp, bits = node._mpf_
+            value = max(exp + bits, 0) * math.log10(2)
+        elif isinstance(node, Pow):
+            base, power = kids
+            value = math.inf if power > 300 else 10**power * max(base, 1)
+        elif isinstance(node, Mul):
+            value = sum(kids)
+        elif isinstance(node, Add):
+            value = max(kids) + 0.31
+        elif type(node).__name__ in _GROWTH:
+            n = max(kids, default=1)
+            value = math.inf if n > 300 else 10**n * max(n, 1)
+        else:
+            value = max(kids, default=1.0)
+        memo[id(node)] = (1 + sum(memo[id(c)][0] for c in children), value)
+    return memo[id(expr)]
+
+
+def _evaluable(parsed: list) -> list:
+    """math-verify's parse result without the sympy objects too large to compare: over
+    :data:`MAX_NODES` nodes or :data:`MAX_DIGITS` digits. What is left (the answer's text) is
+    compared as text."""
+    from sympy import Basic
+    from sympy.matrices import MatrixBase
+
+    def too_large(p) -> bool:
+        if not isinstance(p, (Basic, MatrixBase)):
+            return False
+        try:
+            nodes, digits = _cost(p)
+        except Exception:  # an object the estimate does not know: math-verify's own timeout bounds it
+            return False
+        return nodes > MAX_NODES or digits > MAX_DIGITS
+
+    return [p for p in parsed if not too_large(p)]
+
+
+# Linear time on any input: no nested quantifier can match one character two ways (\s* then \{,
+# [^{}]* then \}; in _WORDS_ONLY separators and letters are disjoint classes), and each sees at most
+# MAX_CHARS characters (tests/test_hostile.py times them on 1 MB).
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _WORDS_ONLY = re.compile(r"^[^\W\d_]{2,}(?:[\s'’,-]+[^\W\d_]+)*[.!]?$")
 _CHOICE = re.compile(r"^\(?([a-z])\)?(?:[.:)]|\s|$)")
@@ -114,12 +231,13 @@ _CHOICE = re.compile(r"^\(?([a-z])\)?(?:[.:)]|\s|$)")
 
 def normalise_text_answer(text: str) -> str:
     """A text answer for exact match: ``\\text{}``-like wrappers and ``$`` removed, case-folded,
-    whitespace collapsed, surrounding quotes and final punctuation dropped.
+    whitespace collapsed, surrounding quotes and final punctuation dropped. Reads at most the last
+    :data:`MAX_CHARS` characters.
 
     >>> normalise_text_answer("  \\text{Evelyn}. ")
     'evelyn'
     """
-    text = _TEXT_MACRO.sub(r"\1", str(text)).replace("$", "")
+    text = _TEXT_MACRO.sub(r"\1", str(text)[-MAX_CHARS:]).replace("$", "")
     text = " ".join(text.casefold().split())
     return text.strip(" \"'`*").rstrip(".!").strip()
 
@@ -127,7 +245,7 @@ def normalise_text_answer(text: str) -> str:
 def is_text_gold(gold: str) -> bool:
     """Whether a math gold answer is a word or sentence (``no``, ``\\text{Evelyn}``, ``forty three``),
     which math-verify would misread as a product of symbols; such golds are matched as strings."""
-    text = _TEXT_MACRO.sub(r"\1", gold).replace("$", "").strip()
+    text = _TEXT_MACRO.sub(r"\1", gold[:MAX_CHARS]).replace("$", "").strip()
     return "\\" not in text and bool(_WORDS_ONLY.match(text))
 
 
@@ -158,11 +276,12 @@ def extract_answer_span(completion: str) -> str:
 
 
 def _parse_boxed_first(text: str, configs):
-    """Parse ``text`` as if it were boxed (gold answers, ``<answer>`` contents), then as is."""
+    """Parse ``text`` as if it were boxed (gold answers, ``<answer>`` contents up to
+    :data:`MAX_BOXED_CHARS` characters), then as is."""
     from math_verify import parse
 
     text = text.strip()
-    if "\\boxed" not in text and "$" not in text.replace("\\$", ""):
+    if len(text) <= MAX_BOXED_CHARS and "\\boxed" not in text and "$" not in text.replace("\\$", ""):
         parsed = parse(f"\\boxed{{{text}}}", extraction_config=configs, parsing_timeout=TIMEOUT_S)
         if parsed:
             return parsed
@@ -170,19 +289,33 @@ def _parse_boxed_first(text: str, configs):
 
 
 def _parse_gold(gold: str):
+    """math-verify's parse of a gold answer (read as if boxed); ``[]`` when it nests deeper than
+    :data:`MAX_DEPTH` (cons@k passes extracted answers as golds)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-    return _parse_boxed_first(gold, [LatexExtractionConfig(), ExprExtractionConfig()])
+    gold = gold[:MAX_CHARS]
+    if _nesting_depth(gold) > MAX_DEPTH:
+        return []
+    return _evaluable(_parse_boxed_first(gold, [LatexExtractionConfig(), ExprExtractionConfig()]))
 
 
 def _parse_prediction(completion: str):
+    """math-verify's parse of a completion's final answer (see the module docstring); ``[]`` when
+    what it would parse (the ``<answer>`` block, else the last ``\\boxed{}``, else the completion's
+    last :data:`MAX_CHARS` characters) nests deeper than :data:`MAX_DEPTH`.
+    Every step before math-verify is linear in the completion's length; math-verify sees at most
+    :data:`MAX_CHARS` characters and its own timeouts bound it."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    span = extract_answer_span(completion)
-    if _answer_block(completion) is not None:  # an <answer> block's content is read as if boxed
-        return _parse_boxed_first(span, configs)
-    return parse(span, extraction_config=configs, parsing_timeout=TIMEOUT_S)
+    block = _answer_block(completion)
+    span = (completion if block is None else block)[-MAX_CHARS:]  # = extract_answer_span(completion)
+    candidate = span if block is not None else (_last_boxed(span) or span)
+    if _nesting_depth(candidate) > MAX_DEPTH:
+        return []
+    if block is not None:  # an <answer> block's content is read as if boxed
+        return _evaluable(_parse_boxed_first(span, configs))
+    return _evaluable(parse(span, extraction_config=configs, parsing_timeout=TIMEOUT_S))
 
 
 _SCORERS: dict = {}
@@ -234,6 +367,10 @@ def _verify_one(completion: str, gold: str, answer_type: str = "math", metadata:
     """Runs in a worker process (main thread): math-verify's signal timeouts are active here.
 
     Returns the fields of a :class:`Verdict` as a tuple."""
+    if answer_type == "code":  # run against the row's tests in a sandbox (the gold is not used)
+        from r1core.code_exec import verify_code
+
+        return verify_code(completion, metadata)
     from math_verify import verify
 
     if answer_type != "math" or is_text_gold(gold):

@@ -26,9 +26,12 @@ def rejection_sampling(recipe: Recipe, name: str, parent_run_id: str, data: str,
     (a model URI or reference) or the stage's ``endpoint``; keep the ones that pass every filter
     as SFT traces (a data set whose lineage names the teacher and the prompt set).
 
-    Sampling is resumable: the sample log lives in a work folder keyed by the teacher, the
-    problems and the sampling settings, so a rerun after a crash or an endpoint outage samples only
-    the problems not yet done; the folder is removed when the stage succeeds.
+    Sampling is resumable and exact: the sample log lives in a work folder keyed by the teacher,
+    the problems, the sampling settings and the seed, so a rerun after a crash or an endpoint outage
+    samples only the problems not yet done, seeded as the uninterrupted run seeded them (fixed
+    chunks of ``shard_size`` problems, see :func:`r1core.rejection.sample_with_resume`): on the
+    project's engine the rerun keeps the same traces and counts as a run never killed. The folder
+    is removed when the stage succeeds.
     """
     from r1core.rejection import rejection_sample
     from r1core.sampling import build_sampler
