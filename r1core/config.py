@@ -6,7 +6,7 @@ paths (``stages.grpo.max_steps=2``, or ``grpo.max_steps=2`` for short when ``grp
 stage); values are parsed as YAML (``2`` is an int, ``[a, b]`` a list).
 
 ``stages`` maps stage names to their settings; each has a ``type`` (curate, grpo,
-rejection_sampling, sft, evaluate, register; default: the stage's name). A stage's inputs name
+rejection_sampling, sft, evaluate, register, compare; default: the stage's name). A stage's inputs name
 what feeds it: ``base`` (the recipe's ``model``), ``<stage>.output`` (another stage's model,
 data set or evaluation), or for models any model reference (see :mod:`r1core.models`). The
 graph these references make is checked before anything runs (:mod:`r1core.graph`)::
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r1core.errors import RecipeError
 from r1core.graph import check_graph
 
-STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register")
+STAGE_TYPES = ("curate", "grpo", "rejection_sampling", "sft", "evaluate", "register", "compare")
 
 
 _NUMBERS = (int, float, int | None, float | None)
@@ -202,7 +202,8 @@ class GRPOStageConfig(_TrainingStage):
         description="Reward name -> weight (names from r1core.rewards.REGISTRY).",
     )
     reward_args: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Reward name -> constructor arguments, e.g. {cosine: {max_len: 512}}.")
+        default_factory=dict, description="Reward name -> constructor arguments, e.g. {cosine: {max_len: 512}}; "
+        "judge: a JudgeConfig ({endpoint: {base_url, model}, rubric, ...}); reward_model: {model: <reference>}.")
     prompt_template: Literal["r1_zero", "r1_eval"] = "r1_zero"
     prefill: str | None = Field("<think>\n", description="Text that starts the assistant turn.")
     num_generations: int = Field(4, ge=2, description="Completions per prompt (the GRPO group size).")
@@ -227,9 +228,9 @@ class GRPOStageConfig(_TrainingStage):
 
 
 class EndpointConfig(_Section):
-    """An OpenAI-compatible chat-completions endpoint as the teacher (vLLM's server, llama.cpp's,
-    DeepSeek's API, ...). The API key comes from the environment variable ``api_key_env`` and is
-    never logged."""
+    """An OpenAI-compatible chat-completions endpoint as a teacher or an LLM judge (vLLM's server,
+    llama.cpp's, DeepSeek's API, ...). The API key comes from the environment variable ``api_key_env``
+    and is never logged."""
 
     base_url: str = Field(description="e.g. https://api.deepseek.com/v1 or http://127.0.0.1:8000/v1")
     model: str = Field(description="The model name the server expects, e.g. deepseek-reasoner.")
@@ -238,6 +239,33 @@ class EndpointConfig(_Section):
     timeout_s: float = Field(600.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on 408/409/429/5xx and connection errors.")
     use_n: bool = Field(True, description="Ask for k choices in one request (n=k); off for servers that refuse n.")
+
+
+class JudgeConfig(_Section):
+    """An LLM judge as a GRPO reward (``reward_args.judge``, :class:`r1core.judge.JudgeReward`): R1's
+    model-based reward for general prompts (DeepSeek-R1, arXiv:2501.12948, section 2.3.4). The judge
+    reads a rubric (system turn) and the prompt and response (user turn), and ends its reply with
+    ``Score: N/10``, parsed to ``N/10``."""
+
+    endpoint: EndpointConfig = Field(description="The judge's server: base_url, model, api_key_env, "
+                                     "max_concurrency, timeout_s, max_retries (use_n is not used).")
+    rubric: str | None = Field(None, description="The judge's instructions (None: r1core.judge.DEFAULT_RUBRIC, "
+                               "helpfulness and harmlessness on a 0-10 scale). It must ask for a last line "
+                               "'Score: N/<scale>'.")
+    scale: int = Field(10, ge=1, description="The top of the rubric's scale; a score N with no '/M' is read as N/scale.")
+    include_reasoning: bool = Field(True, description="Judge the whole response, <think> block included (R1 judges "
+                                    "harmlessness so); false: only the text after </think> (R1's helpfulness view, "
+                                    "the summary).")
+    domains: list[str] = Field(default_factory=lambda: ["general"], min_length=1, description=(
+        "Row domains the judge scores (the row's domain column, else its answer_type); other rows get None "
+        "(not applicable) and no request."))
+    max_tokens: int = Field(256, ge=1, description="Tokens of the judge's reply.")
+    temperature: float = Field(0.0, ge=0, description="The judge's sampling temperature (0: its most likely verdict).")
+    seed: int = Field(0, description="Sampling seed sent with each request (servers that honour it repeat verdicts).")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description=(
+        "Server-specific request fields, sent as they are: e.g. llama.cpp's grammar "
+        "{grammar: 'root ::= \"Score: \" ([0-9] | \"10\") \"/10\"'} or vLLM's structured outputs, so a "
+        "small judge always ends in a parsable score."))
 
 
 class RejectionSamplingConfig(_Stage):
@@ -292,15 +320,47 @@ class RejectionSamplingConfig(_Stage):
         return self
 
 
+class MixtureSource(_Section):
+    """One source of an SFT mixture and its weight (:func:`r1core.sft.mixture_counts`)."""
+
+    data: str = Field(description=(
+        "<stage>.output (a rejection_sampling stage's traces, or a curate stage's problems with worked solutions), "
+        "or a JSON-lines file of conversational rows: {\"prompt\": [messages], \"completion\": [assistant message]} "
+        "(r1core.sft.read_conversational), e.g. recipes/data/general.jsonl."))
+    weight: float = Field(gt=0, description="Share of the mixture (weights are normalised to proportions).")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description=(
+        "Label in metrics (mixture/<name>/rows); default: the stage's name, or the file's stem."))
+
+    @field_validator("data")
+    @classmethod
+    def _stage_or_file(cls, v: str) -> str:
+        if not v.endswith((".output", ".jsonl")):
+            raise ValueError(f"{v!r} is neither a stage output ('<stage>.output') nor a JSON-lines file ('*.jsonl')")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.data.removesuffix(".output") if self.data.endswith(".output") else Path(self.data).stem)
+
+
 class SFTStageConfig(_TrainingStage):
     """SFT (TRL's SFTTrainer) on traces: a rejection-sampling stage's output (distillation), or a
-    curated set's worked solutions written as traces (R1's cold start, section 2.3.1).
-    ``args`` go to ``SFTConfig`` as is. Output: the fine-tuned model."""
+    curated set's worked solutions written as traces (R1's cold start, section 2.3.1), or a
+    weighted ``mixture`` of several sources (R1 section 2.3.3: reasoning traces plus
+    non-reasoning data). ``args`` go to ``SFTConfig`` as is. Output: the fine-tuned model."""
 
     INPUTS: ClassVar[dict[str, str]] = {"data": "dataset", "student": "model"}
     OUTPUT: ClassVar[str] = "model"
     type: Literal["sft"] = "sft"
-    data: str = Field("rejection_sampling.output", description="Traces, or curated problems with worked solutions.")
+    data: str | None = Field("rejection_sampling.output", description="Traces, or curated problems with worked "
+                             "solutions (None when mixture is given).")
+    mixture: list[MixtureSource] | None = Field(None, min_length=1, description=(
+        "Train on several sources drawn by weight instead of data, e.g. [{data: rejection_sampling.output, weight: "
+        "0.75}, {data: recipes/data/general.jsonl, weight: 0.25}] (R1 section 2.3.3: ~600k reasoning + ~200k "
+        "non-reasoning samples). Drawn with the recipe's seed; see mixture_size."))
+    mixture_size: int | None = Field(None, ge=1, description=(
+        "Rows drawn in all, split by the weights (a source with fewer rows than its share is repeated). None: the "
+        "largest size no source has to repeat for (the scarcest source, relative to its weight, is used whole)."))
     student: str = Field("base", description="Model to fine-tune: base, <stage>.output, or a model reference.")
     prompt_template: Literal["r1_zero", "r1_eval"] = Field(
         "r1_zero", description="Template worked solutions are written in when ``data`` holds problems, not traces.")
@@ -310,6 +370,34 @@ class SFTStageConfig(_TrainingStage):
     max_length: int = Field(512, ge=16, description="Tokens per training sequence.")
     packing: bool = Field(False, description="Pack several traces into each training sequence (TRL's packing).")
     args: dict[str, Any] = Field(default_factory=dict, description="Extra trl.SFTConfig fields.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mixture_replaces_data(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mixture") and "data" not in data:
+            data = {**data, "data": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_data_source(self):
+        if (self.data is None) == (self.mixture is None):
+            raise ValueError("give data (one data set) or mixture (several, with weights), not both and not neither; "
+                             "to keep data in the mix, list it as a mixture source")
+        if self.mixture_size is not None and self.mixture is None:
+            raise ValueError("mixture_size sizes a mixture: give mixture too, or drop mixture_size")
+        labels = [m.label for m in self.mixture or []]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"mixture sources share a label ({', '.join(labels)}): give each a distinct name")
+        return self
+
+    def input_refs(self) -> dict[str, tuple[str, str]]:
+        """``data`` and ``student``, and every mixture source that is a stage output, under the key
+        ``mixture.<i>.data`` (files are not graph inputs: :func:`r1core.stages.pipeline.validate` checks them)."""
+        refs = super().input_refs()
+        for i, source in enumerate(self.mixture or []):
+            if source.data.endswith(".output"):
+                refs[f"mixture.{i}.data"] = (source.data, "dataset")
+        return refs
 
 
 class BudgetForcingConfig(_Section):
@@ -389,8 +477,53 @@ class RegisterConfig(_Stage):
         "(r1core.promote; the promote flow uses the same list)."))
 
 
+class CompareConfig(_Stage):
+    """Distillation report (DeepSeek-R1 Table 5, section 4): ``student``, ``teacher`` and ``base``
+    evaluated with one protocol (an evaluate stage's settings) on the same problems, side by side,
+    with the share of the teacher's gain the student recovered and an n-gram overlap check of the
+    student's SFT traces against each benchmark (r1core.distill_report). Output: the report."""
+
+    INPUTS: ClassVar[dict[str, str]] = {"student": "model", "teacher": "model", "base": "model",
+                                        "traces": "dataset", "registration": "registration"}
+    OUTPUT: ClassVar[str] = "report"
+    type: Literal["compare"] = "compare"
+    student: str = Field("sft.output", description="The distilled model: <stage>.output, or a model reference.")
+    teacher: str = Field(description="The model whose traces the student learnt from: a model reference or "
+                         "<stage>.output (an endpoint teacher cannot be evaluated here).")
+    base: str = Field("base", description="The student before distillation: base, <stage>.output, or a model reference.")
+    traces: str | None = Field(None, description=(
+        "The SFT traces checked for benchmark text: <stage>.output. None: the set the student was trained on "
+        "(its LoggedModel's r1.traces tag); unknown for a model this project did not train (not checked)."))
+    protocol: str | None = Field(None, description=(
+        "The evaluate stage whose settings (benchmarks, limit, k, sampling, template, engine) all three models are "
+        "evaluated with. None: the stage named evaluate, else the recipe's last evaluate stage, else its defaults."))
+    overrides: dict[str, Any] = Field(default_factory=dict, description=(
+        "Evaluate settings that replace the protocol's, e.g. {limit: 50, num_samples: 4}."))
+    ngram: int = Field(13, ge=1, description=(
+        "Overlap n-gram size, in words (GPT-3, Brown et al. 2020 section 4: 13; a benchmark problem shorter than "
+        "n words is matched whole)."))
+    registration: str | None = Field(None, description=(
+        "<stage>.output of the register stage that registers the student: its version is tagged "
+        "r1.contamination.<bench> (the report then runs after it). None: the student's LoggedModel only."))
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_are_evaluate_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted({"type", "model", "heldout"} & set(v))
+        if taken:
+            raise ValueError(f"{', '.join(taken)} cannot be overridden (the report sets the models itself)")
+        try:
+            EvaluateConfig.model_validate({"type": "evaluate", **v})
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: " + ("unknown key" if e["type"] == "extra_forbidden"
+                                 else e["msg"]) for e in err.errors())
+            raise ValueError(f"not evaluate settings: {problems}") from None
+        return v
+
+
 StageConfig = Annotated[
-    Union[CurateConfig, GRPOStageConfig, RejectionSamplingConfig, SFTStageConfig, EvaluateConfig, RegisterConfig],
+    Union[CurateConfig, GRPOStageConfig, RejectionSamplingConfig, SFTStageConfig, EvaluateConfig, RegisterConfig,
+          CompareConfig],
     Field(discriminator="type"),
 ]
 _STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

@@ -48,10 +48,14 @@ def contaminated(problems: Iterable[str], benchmark_problems: Iterable[str], n: 
 
 def parsable_gold(rows: pd.DataFrame) -> list[bool]:
     """Whether the verifier can check each row's gold ``answer`` by its answer type (not the
-    verifier's ``gold_unparsable``)."""
+    verifier's ``gold_unparsable``); ``True`` for a general row (``domain`` :data:`r1core.judge.GENERAL`),
+    which has no gold to check."""
+    from r1core.judge import GENERAL
+
     answers = [str(a) for a in rows["answer"]]
     verdicts = verify_batch([f"<answer>{a}</answer>" for a in answers], answers, **checks_of(rows))
-    return [v.status != "gold_unparsable" for v in verdicts]
+    general = list(rows["domain"] == GENERAL) if "domain" in rows else [False] * len(rows)
+    return [g or v.status != "gold_unparsable" for g, v in zip(general, verdicts)]
 
 
 def stratified_sample(df: pd.DataFrame, column: str, n: int, seed: int) -> pd.DataFrame:

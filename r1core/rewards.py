@@ -26,6 +26,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 
+from r1core.judge import JudgeReward, RewardModelReward
 from r1core.prompts import response_text
 from r1core.verify import verify_batch
 
@@ -92,6 +93,8 @@ class FormatReward:
     """
 
     __name__ = "format"
+    # Linear time: anchored at the start, and each tempered token stops at its one closing tag
+    # (tests/test_hostile.py times every regex here on 1 MB built to make backtracking blow up).
     pattern = re.compile(r"^\s*<think>(?:(?!</?think>).)*</think>\s*<answer>(?:(?!</?answer>).)*</answer>\s*$", re.DOTALL)
 
     def __call__(self, completions, prompts=None, **kwargs) -> list[float]:
@@ -113,6 +116,7 @@ class TagCountReward:
         return [float(sum(0.25 for t in self.tags if r.count(t) == 1)) for r in _responses(completions, prompts)]
 
 
+# Linear time: the first <think> always matches (at </think> or the end), so no later start is tried.
 _THINK_BLOCK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 
 
@@ -352,6 +356,9 @@ REGISTRY: dict[str, Callable[..., Callable]] = {
     "repetition": RepetitionReward,
     "soft_overlong": SoftOverlongReward,
     "thought_switch": ThoughtSwitchReward,
+    # model-based rewards of R1's final RL stage (section 2.3.4), scored on general rows: r1core.judge
+    "judge": JudgeReward,
+    "reward_model": RewardModelReward,
 }
 
 #: The public name issue #3 fixes for the accuracy reward.

@@ -257,6 +257,28 @@ def fold_reasoning(content: str | None, reasoning: str | None) -> str:
     return content
 
 
+def endpoint_client(base_url: str, *, api_key_env: str | None = None, timeout_s: float = 600.0,
+                    max_retries: int = 5):
+    """The ``openai`` client for an OpenAI-compatible endpoint: the teachers' sampler and the LLM judge
+    (:mod:`r1core.judge`) share it. The client retries 408/409/429/5xx and connection errors
+    ``max_retries`` times with exponential backoff; each request times out after ``timeout_s``
+    seconds. The API key is read from the environment variable ``api_key_env`` (``None``: no key)
+    and is never logged.
+
+    Raises:
+        ValueError: ``api_key_env`` names a variable that is not set (before any request).
+    """
+    import openai
+
+    key = "EMPTY"
+    if api_key_env:
+        key = os.environ.get(api_key_env) or ""
+        if not key:
+            raise ValueError(f"The endpoint's API key is read from ${api_key_env}, which is not set. "
+                             f"export {api_key_env}=... (the key is never logged), or remove api_key_env.")
+    return openai.OpenAI(base_url=base_url.rstrip("/"), api_key=key, timeout=timeout_s, max_retries=max_retries)
+
+
 class EndpointSampler(Sampler):
     """An OpenAI-compatible chat-completions endpoint.
 
@@ -274,18 +296,11 @@ class EndpointSampler(Sampler):
     def __init__(self, base_url: str, model: str, *, template: str, api_key_env: str | None = None,
                  max_concurrency: int = 8, timeout_s: float = 600.0, max_retries: int = 5, use_n: bool = True,
                  tokenizer=None):
-        import openai
-
-        key = "EMPTY"
-        if api_key_env:
-            key = os.environ.get(api_key_env) or ""
-            if not key:
-                raise ValueError(f"The endpoint's API key is read from ${api_key_env}, which is not set. "
-                                 f"export {api_key_env}=... (the key is never logged), or remove api_key_env.")
         self.base_url, self.model, self.template, self.use_n = base_url.rstrip("/"), model, template, use_n
         self.id = f"{self.base_url}#{model}"
         self.max_concurrency, self.tokenizer = max_concurrency, tokenizer
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
+        self.client = endpoint_client(self.base_url, api_key_env=api_key_env, timeout_s=timeout_s,
+                                      max_retries=max_retries)
 
     def _request(self, problem: str, n: int, params: SamplingParams, seed: int) -> list[Completion]:
         import openai

@@ -157,9 +157,11 @@ sft = _stage_task("sft", "SFT of the student on traces; returns its model URI.",
 evaluate = _stage_task("evaluate", "R1-protocol evaluation (k samples, T=0.6, top-p 0.95); metrics attached to the model.", 1)
 register = _stage_task("register", "Register the model, set challenger, and champion by the gate (idempotent: never "
                        "cached).", 2, cache_policy=NO_CACHE)
+compare = _stage_task("compare", "Distillation report: student, teacher and base under one protocol, gain recovered, "
+                      "n-gram contamination of the SFT traces.", 1)
 
 STAGE_TASKS = {"curate": curate, "grpo": grpo, "rejection_sampling": rejection_sampling, "sft": sft,
-               "evaluate": evaluate, "register": register}
+               "evaluate": evaluate, "register": register, "compare": compare}
 
 
 #: The flow a placed stage runs as: deployment ``r1-stage/<work pool>`` (``r1 deploy --stages-only``).

