@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import mlflow
@@ -20,6 +19,7 @@ from r1core.config import CurateConfig, GRPOStageConfig
 from r1core.judge import (GENERAL, JudgeReward, OnDomains, RewardModelReward, parse_score, route_by_domain,
                           row_domains)
 from r1core.rewards import AccuracyReward, FormatReward, get_rewards
+from tests.test_endpoint import server  # noqa: F401  (the llama.cpp server fixture, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-r1-judge-secret-do-not-log"
@@ -187,22 +187,6 @@ def test_reward_model_reward_is_scored_by_trl_on_general_rows(tiny_model_dir, sm
         with torch.no_grad():
             assert rm(**ids).logits[0, 0].item() == pytest.approx(r["reward/reward_model"], abs=1e-4)
     assert history[0].value == pytest.approx(sum(r["reward/reward_model"] for r in general) / 2, abs=1e-5)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server on the shipped SmolLM2 GGUF (see tests/test_endpoint.py)."""
-    from r1core.models import _smollm2_gguf
-    from tests.test_endpoint import LlamaServer
-
-    python = Path(os.environ.get("R1_TEACHER_SERVER_PYTHON", ROOT / ".venv-teacher" / "bin" / "python"))
-    if not python.exists():
-        pytest.fail(f"{python} is missing: `make teacher-server` builds llama.cpp's OpenAI-compatible server "
-                    "(or set R1_TEACHER_SERVER_PYTHON to a Python that has llama-cpp-python[server]).")
-    srv = LlamaServer(python, _smollm2_gguf(), tmp_path_factory.mktemp("llama-judge") / "server.log")
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def _judge_args(url: str, **settings) -> dict:
