@@ -21,7 +21,18 @@ R1_ZERO_SYSTEM = (
 R1_EVAL_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 THINK_PREFILL = "<think>\n"
 
-TEMPLATES = {"r1_zero", "r1_eval"}
+TEMPLATES = {"r1_zero", "r1_eval", "r1_code"}
+#: The template a benchmark of code rows is posed with when a stage says ``r1_eval``: the problem
+#: carries its own answer instruction (a fenced Python block), which the math instruction
+#: ("... within \\boxed{}") would contradict.
+CODE_TEMPLATE = "r1_code"
+
+
+def template_for(template: str, answer_types) -> str:
+    """The template for a set of rows: ``r1_eval`` becomes :data:`CODE_TEMPLATE` when every row is
+    ``code``; otherwise ``template`` as given."""
+    types = set(answer_types)
+    return CODE_TEMPLATE if template == "r1_eval" and types == {"code"} else template
 
 
 def messages(problem: str, template: str = "r1_zero") -> list[dict[str, str]]:
@@ -34,6 +45,8 @@ def messages(problem: str, template: str = "r1_zero") -> list[dict[str, str]]:
         raise ValueError(f"Unknown prompt template {template!r}; use one of {sorted(TEMPLATES)}.")
     if template == "r1_zero":
         return [{"role": "system", "content": R1_ZERO_SYSTEM}, {"role": "user", "content": problem}]
+    if template == CODE_TEMPLATE:  # the problem says how to answer (see CODE_TEMPLATE)
+        return [{"role": "user", "content": problem}]
     return [{"role": "user", "content": f"{problem}\n{R1_EVAL_INSTRUCTION}"}]
 
 
@@ -44,8 +57,9 @@ def render(tokenizer, problem: str, template: str = "r1_zero", prefill: str | No
         tokenizer: a tokenizer; its chat template is used when it has one, else a plain-text
             form of the same messages (R1-Zero's "... User: {problem} Assistant:").
         problem: the problem statement.
-        template: ``"r1_zero"`` (system prompt with the think/answer tag instructions) or
-            ``"r1_eval"`` (the problem followed by the R1 evaluation instruction).
+        template: ``"r1_zero"`` (system prompt with the think/answer tag instructions),
+            ``"r1_eval"`` (the problem followed by the R1 evaluation instruction) or ``"r1_code"``
+            (the problem alone: code rows state their own answer format).
         prefill: text that starts the assistant's turn (e.g. ``"<think>\\n"``); ``None`` for none.
 
     Raises:

@@ -457,3 +457,17 @@ def test_curate_a_user_code_file_and_evaluate_on_humaneval(tiny_model_dir, tmp_p
     metrics = out["metrics"]
     assert 0.0 <= metrics["humaneval/pass@1"] <= metrics["humaneval/pass@2"] <= 1.0
     assert "humaneval/cons@2" not in metrics or metrics["humaneval/cons@2"] != metrics["humaneval/cons@2"]
+
+
+def test_a_code_benchmark_is_posed_without_the_math_instruction(data_dir):
+    """Under ``r1_eval`` a HumanEval problem is asked as it states itself (a fenced Python block),
+    not with R1's math instruction ("... within \\boxed{}"), which would contradict it."""
+    from r1core import data
+    from r1core.prompts import R1_EVAL_INSTRUCTION, messages, template_for
+
+    rows = data.load("humaneval")[0].to_pandas().head(3)
+    template = template_for("r1_eval", rows["answer_type"])
+    assert template == "r1_code"
+    content = messages(rows["problem"].iloc[0], template)[-1]["content"]
+    assert R1_EVAL_INSTRUCTION not in content and "```python" in content
+    assert template_for("r1_eval", ["math", "code"]) == "r1_eval" and template_for("r1_zero", ["code"]) == "r1_zero"

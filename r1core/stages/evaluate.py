@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from r1core import data, tracking
 from r1core.config import Recipe
 from r1core.models import canonical_model_uri, logged_model_id
+from r1core.prompts import template_for
 from r1core.stage_utils import finite, progress, sha, work_dir
 from r1core.stages.common import HELDOUT, TAG_STAGE_TYPE, heldout_uri
 
@@ -58,8 +59,10 @@ def evaluate(recipe: Recipe, name: str, parent_run_id: str | None, model: str,
                                  sort_keys=True))
             results_path = work_dir("eval") / f"{name}-{key}.jsonl"
             sampler.on_batch = progress(f"evaluate/{name}")
+            sampler.template = template_for(cfg.prompt_template, problems.get("answer_type", pd.Series(["math"])))
             metrics, samples = evaluate_benchmark(sampler, problems, k=cfg.num_samples, params=params,
                                                   results_path=results_path)
+            sampler.template = cfg.prompt_template
             metrics["seconds"] = time.perf_counter() - t0
             prefixed = {f"{name}/{k}": v for k, v in finite(metrics).items()}
             tracking.log_metrics(prefixed, model_id=model_id, dataset=dataset)
