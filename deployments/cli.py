@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow store, e.g. postgresql://user@host:5432/mlflow (default: the project's SQLite file)")
     u.add_argument("--artifacts-destination", default=None,
                    help="where the MLflow server keeps the artifacts it serves (default: <state>/mlartifacts)")
+    u.add_argument("--prefect-database-url", default=None,
+                   help="Prefect's database, e.g. postgresql+asyncpg://user@host:5432/prefect (default: SQLite)")
     u.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: reachable from other machines)")
     s = sub.add_parser("serve", help="serve the deployments (Run them from the Prefect UI)")
     s.add_argument("--prefect-api-url", default=None, help="default: $PREFECT_API_URL or http://127.0.0.1:4200/api")
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             from deployments import servers
 
             return servers.ui(args.prefect_port, args.mlflow_port, backend_store_uri=args.backend_store_uri,
-                              artifacts_destination=args.artifacts_destination, host=args.host)
+                              artifacts_destination=args.artifacts_destination,
+                              prefect_database_url=args.prefect_database_url, host=args.host)
         if args.command == "serve":
             from deployments.serve import main as serve
 

@@ -89,7 +89,7 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> Non
 
 def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 180, *,
           backend_store_uri: str | None = None, artifacts_destination: str | None = None,
-          host: str = "127.0.0.1") -> Servers:
+          prefect_database_url: str | None = None, host: str = "127.0.0.1") -> Servers:
     """Start both servers on ``host`` and wait until they answer (logs under ``<state>/servers``).
 
     MLflow serves the artifacts itself (``--artifacts-destination``): new experiments get
@@ -101,6 +101,9 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
             ``postgresql://user@host:5432/mlflow`` (needs ``pip install '.[postgres]'``).
         artifacts_destination: where the server keeps artifacts (default: ``<state>/mlartifacts``, the
             folder the embedded default writes to), e.g. ``s3://bucket/mlflow``.
+        prefect_database_url: Prefect's database (default: SQLite under ``PREFECT_HOME``), e.g.
+            ``postgresql+asyncpg://user@host:5432/prefect``: what a team's server needs, since SQLite
+            reports "database is locked" under several workers and pipelines at once.
         host: the address both servers listen on (``0.0.0.0`` for other machines).
 
     Raises:
@@ -113,6 +116,8 @@ def start(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 18
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(state_dir() / "prefect")),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
+    if prefect_database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url
     p_log, m_log = logs / "prefect.log", logs / "mlflow.log"
     prefect = subprocess.Popen([_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
                                stdout=p_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -234,12 +239,13 @@ def sigterm_as_interrupt() -> None:
 
 
 def ui(prefect_port: int, mlflow_port: int, *, backend_store_uri: str | None = None,
-       artifacts_destination: str | None = None, host: str = "127.0.0.1") -> int:
+       artifacts_destination: str | None = None, prefect_database_url: str | None = None,
+       host: str = "127.0.0.1") -> int:
     """``r1 ui``: start both servers (:func:`start`), print where they are, wait for Ctrl-C or
     SIGTERM (either stops both servers and their children within seconds)."""
     sigterm_as_interrupt()
     servers = start(prefect_port, mlflow_port, backend_store_uri=backend_store_uri,
-                    artifacts_destination=artifacts_destination, host=host)
+                    artifacts_destination=artifacts_destination, prefect_database_url=prefect_database_url, host=host)
     try:  # from here on, an interrupt at any point (even while printing) stops both servers
         print(f"Prefect UI: {servers.prefect_url}\nMLflow UI:  {servers.mlflow_url}\n\n"
               "Send flows and tracking there (in another shell):\n"

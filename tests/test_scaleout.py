@@ -1,5 +1,5 @@
 """Scale-out with real components (marker ``scaleout``): a private PostgreSQL cluster on
-127.0.0.1, ``mlflow server`` on it serving the artifacts, a Prefect server with two process work
+127.0.0.1, ``mlflow server`` on it serving the artifacts, a Prefect server on it with two process work
 pools (``cpu``, ``gpu``) and a worker for each (each with a state folder of its own, as on two
 machines), the deployments registered by ``r1 deploy``, and a pipeline whose SFT stage is placed
 on ``gpu`` while the rest runs on ``cpu``; its lineage is read back from the MLflow server."""
@@ -38,7 +38,8 @@ def _pg_bin(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A private PostgreSQL cluster on a free port of 127.0.0.1 with database ``mlflow``; stopped
+    """A private PostgreSQL cluster on a free port of 127.0.0.1 with databases ``mlflow`` and ``prefect``
+    (yields ``user@host:port``); stopped
     (by its data folder, i.e. only this cluster) at the end. As root, the server runs as user
     ``postgres`` (initdb refuses root)."""
     import tempfile
@@ -58,8 +59,9 @@ def postgres():
     run(*ctl, "-l", str(folder / "pg.log"), "-w", "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
         "start")
     try:
-        run(_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "r1", "mlflow")
-        yield f"postgresql://r1@127.0.0.1:{port}/mlflow"
+        for db in ("mlflow", "prefect"):
+            run(_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "r1", db)
+        yield f"r1@127.0.0.1:{port}"
     finally:
         subprocess.run([*as_user, *ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
@@ -95,8 +97,9 @@ def cluster(tmp_path_factory, postgres, data_dir):
     os.environ.update(R1_STATE_DIR=str(top / "server"), PREFECT_HOME=str(top / "server" / "prefect"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("PREFECT_API_URL", None)
-    live = servers.start(_free_port(), _free_port(), backend_store_uri=postgres,
-                         artifacts_destination=str(top / "served-artifacts"))
+    live = servers.start(_free_port(), _free_port(), backend_store_uri=f"postgresql://{postgres}/mlflow",
+                         artifacts_destination=str(top / "served-artifacts"),
+                         prefect_database_url=f"postgresql+asyncpg://{postgres}/prefect")
     workers = []
     try:
         base = {**os.environ, **live.env, "R1_DATA_DIR": str(data_dir)}
