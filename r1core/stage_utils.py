@@ -65,9 +65,11 @@ def release_memory(stage: str) -> None:
                     before, _resident_gb())
 
 
-def trim_heap_callbacks(args) -> list:
-    """``[callback]`` running :func:`trim_heap` after every optimizer step when ``args`` (a
-    transformers ``TrainingArguments``) trains on the CPU; ``[]`` otherwise.
+def cpu_step_callbacks(args) -> list:
+    """``[callback]`` for a trainer whose ``args`` (a transformers ``TrainingArguments``) train on the
+    CPU; ``[]`` otherwise. Before every optimizer step it sets torch's thread count to the cores
+    other processes leave free (:func:`r1core.cpu_engine.threads.adapt`), after it it runs
+    :func:`trim_heap`.
 
     On CPU, each training step allocates activations and logits of a different size (completion
     lengths vary), glibc reuses freed blocks only where they fit, and the process grows step after
@@ -77,11 +79,16 @@ def trim_heap_callbacks(args) -> list:
     """
     from transformers import TrainerCallback
 
-    class TrimHeap(TrainerCallback):
+    from r1core.cpu_engine import threads
+
+    class CpuStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            threads.adapt(fresh=True)
+
         def on_step_end(self, args, state, control, **kwargs):
             trim_heap()
 
-    return [TrimHeap()] if args.use_cpu else []
+    return [CpuStep()] if args.use_cpu else []
 
 
 def _resident_gb() -> float:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from r1core.cpu_engine import attention
+from r1core.cpu_engine import attention, threads
 from r1core.cpu_engine.attention import bucketed_attention, row_buckets
 from r1core.cpu_engine.cache import PreallocatedLayer, cache_keyword, select_rows
 from r1core.cpu_engine.decoder import CpuDecoder
@@ -61,6 +61,9 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
                   pad_id: int, stop_strings: list[str], tokenizer, candidates: int,
                   prefill_tokens: int, tip: Tip | None = None) -> list[tuple[list[int], bool]]:
     device = next(model.parameters()).device
+    cpu = device.type == "cpu"
+    if cpu:
+        threads.adapt(fresh=True)
     unique: dict[tuple[int, ...], int] = {}
     rows = torch.tensor([unique.setdefault(tuple(p), len(unique)) for p in prompts], device=device)  # (B,)
     firsts = [list(p) for p in unique]
@@ -101,6 +104,8 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
 
         tip_state = TipState(tip, len(prompts), device)  # each row's thought start, (b,)
     for step in range(params.max_new_tokens):
+        if cpu:
+            threads.adapt()  # torch's thread count: the cores other processes leave free (reads /proc/stat ~1/s)
         tokens = next_tokens(logits, params, gen, history, candidates, scratch, tip=tip_state)  # (b,)
         if tip_state is not None:
             tip_state.observe(tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from r1core.cpu_engine import threads
 from r1core.cpu_engine.cache import PreallocatedLayer, cache_keyword, new_cache
 
 
@@ -35,6 +36,8 @@ def prefill(model, prompts: list[list[int]], pad_id: int, capacity: int, chunk_t
     rests = [p[shared:] for p in prompts]
     bounds = _prefill_chunks([len(p) for p in rests], chunk_tokens) if chunked else [(0, len(prompts))]
     for start, end in bounds:  # other layer kinds (sliding windows): one pass
+        if device.type == "cpu":
+            threads.adapt()  # each pass: the cores other processes leave free (r1core.cpu_engine.threads)
         part = rests[start:end]
         w = max(len(p) for p in part)
         ids = torch.full((len(part), w), pad_id, dtype=torch.long, device=device)

@@ -43,7 +43,7 @@ from r1core.grpo.trainer import R1GRPOTrainer
 from r1core.prompts import render
 from r1core.rewards import get_rewards
 from r1core.sampling import vllm_available
-from r1core.stage_utils import trim_heap_callbacks
+from r1core.stage_utils import cpu_step_callbacks
 
 __all__ = ["CheckpointAlignedMLflowCallback", "R1GRPOConfig", "R1GRPOTrainer", "build_prompt_dataset", "grpo_args",
            "in_training_evaluation", "install_cpu_logprob_head", "train_grpo", "vllm_available"]
@@ -188,7 +188,7 @@ def train_grpo(model, tokenizer, rows: pd.DataFrame, cfg, output_dir: str, seed:
     evaluation = in_training_evaluation(cfg, tokenizer, eval_sets, seed)
     trainer = R1GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=dataset, processing_class=tokenizer,
-                            callbacks=trim_heap_callbacks(args) + ([evaluation] if evaluation else []))
+                            callbacks=cpu_step_callbacks(args) + ([evaluation] if evaluation else []))
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
