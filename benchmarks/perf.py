@@ -340,10 +340,7 @@ def _vllm_runs(python: str, model_path: str, tok, prompts: dict[str, list[str]],
     script = Path(__file__).with_name("vllm_cpu.py")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R1_", "PYTHONPATH"))}
     try:
-        if loaded:
-            with BackgroundLoad():
-                done = subprocess.run([python, str(script), fh.name], env=env, capture_output=True, text=True)
-        else:
+        with BackgroundLoad() if loaded else contextlib.nullcontext():
             done = subprocess.run([python, str(script), fh.name], env=env, capture_output=True, text=True)
     finally:
         os.unlink(fh.name)

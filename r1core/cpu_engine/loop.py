@@ -105,7 +105,7 @@ def _decode_batch(model, prompts: list[list[int]], params: SamplingParams, gen: 
         tip_state = TipState(tip, len(prompts), device)  # each row's thought start, (b,)
     for step in range(params.max_new_tokens):
         if cpu:
-            threads.adapt()  # torch's thread count: the cores other processes leave free (reads /proc/stat ~1/s)
+            threads.adapt()  # torch's thread count: the cores other processes leave free (reads /proc/stat at most every 0.5 s)
         tokens = next_tokens(logits, params, gen, history, candidates, scratch, tip=tip_state)  # (b,)
         if tip_state is not None:
             tip_state.observe(tokens)

@@ -14,7 +14,7 @@ left, between 1 and the count torch had when the first call was made (the machin
 user set with ``OMP_NUM_THREADS`` / ``torch.set_num_threads``). The decode loop calls it every
 step, the trainers at every optimizer step; it reads ``/proc/stat`` at most every half second and
 costs a clock read otherwise; at the start of a generate call or training step, a reading older than
-2 s is renewed over a 0.05 s pause (:func:`adapt`'s ``fresh``). Child processes (verifier workers) count as
+2 s is renewed over a 0.05 s pause (:func:`adapt`'s ``fresh``), and so is a process's first reading. Child processes (verifier workers) count as
 other processes: they compete for the same cores.
 
 ``R1_CPU_THREADS``: ``auto`` (the default) adapts; a number fixes torch's thread count to it and
@@ -152,7 +152,7 @@ def adapt(*, fresh: bool = False) -> int:
 
                 return torch.get_num_threads()
             _GOVERNOR = ThreadGovernor()
-            fresh = True
+            return _GOVERNOR.fresh(FRESH_SAMPLE_S)  # the process's first reading, before its first ops
         return _GOVERNOR.fresh(FRESH_SAMPLE_S) if fresh and _GOVERNOR.age() > FRESH_AFTER_S else _GOVERNOR.poll()
     import torch
 
